@@ -1,1 +1,40 @@
-fn main(){}
+//! The `portico` binary: command-line glue only. The edge lives in `portico-node`, the model in
+//! `portico-proto`.
+
+mod cli;
+mod dev;
+mod echo;
+mod edge;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    // quinn and rcgen pull in ring, rustls may pull in aws-lc-rs: pick one for the process
+    // before anything builds a TLS config.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = cli::Cli::parse();
+    init_tracing(&cli.log_format);
+    let result = match cli.command {
+        cli::Command::Edge(args) => edge::run(args),
+        cli::Command::Dev(args) => dev::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: &cli::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PORTICO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        cli::LogFormat::Json => builder.json().flatten_event(true).init(),
+        cli::LogFormat::Text => builder.init(),
+    }
+}

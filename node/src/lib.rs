@@ -1,1 +1,28 @@
+//! portico-node: the edge. Listeners, the router, the request pipeline, integrations, the
+//! backend pool, metrics and access logs, and the config store that feeds them.
+//!
+//! Where to start: [`pipeline`] is the request path, phase by phase; [`server`] owns sockets
+//! and connections; [`compile`] turns the operator's model into what the pipeline reads.
 
+pub mod access_log;
+pub mod body;
+pub mod compile;
+pub mod error;
+pub mod integration;
+pub mod metrics;
+pub mod ops;
+pub mod pipeline;
+pub mod request_id;
+pub mod router;
+pub mod server;
+pub mod settings;
+pub mod store;
+pub mod upstream;
+pub mod worker;
+
+pub use access_log::{AccessLog, AccessLogTarget};
+pub use compile::EdgeConfig;
+pub use metrics::Metrics;
+pub use server::{EdgeServer, start};
+pub use settings::EdgeSettings;
+pub use store::ConfigStore;

@@ -70,7 +70,11 @@ pub fn parse_document(text: &str, format: Format) -> Result<Document, DocumentEr
 fn parse_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> DocumentError {
     let path = e.path().to_string();
     DocumentError::Parse {
-        path: if path == "." { "(document)".to_string() } else { path },
+        path: if path == "." {
+            "(document)".to_string()
+        } else {
+            path
+        },
         message: e.inner().to_string(),
     }
 }
@@ -93,9 +97,16 @@ mod tests {
     fn parse_errors_name_the_field() {
         let bad = EXAMPLE.replace("timeout_ms: 5000", "timeout_ms: soon");
         let err = parse_document(&bad, Format::Yaml).unwrap_err();
-        assert!(err.to_string().starts_with("apis[0].routes[1].integration.timeout_ms:"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("apis[0].routes[1].integration.timeout_ms:"),
+            "{err}"
+        );
 
-        let bad = EXAMPLE.replace("    kind: http\n    routes:", "    kind: http\n    colour: red\n    routes:");
+        let bad = EXAMPLE.replace(
+            "    kind: http\n    routes:",
+            "    kind: http\n    colour: red\n    routes:",
+        );
         let err = parse_document(&bad, Format::Yaml).unwrap_err();
         assert!(err.to_string().contains("unknown field `colour`"), "{err}");
 
@@ -106,17 +117,36 @@ mod tests {
     #[test]
     fn validation_reports_every_error_with_its_path() {
         let bad = EXAMPLE
-            .replace("uri: http://${stageVariables.backend}/pets/{id}", "uri: http://${stageVariables.backend}/pets/{petId}")
+            .replace(
+                "uri: http://${stageVariables.backend}/pets/{id}",
+                "uri: http://${stageVariables.backend}/pets/{petId}",
+            )
             .replace("key: GET /health", "key: GET /health/{x+}/y")
             .replace("deployment: petstore-v1", "deployment: petstore-v9")
             .replace("backend: 127.0.0.1:9000", "other: x");
         let err = parse_document(&bad, Format::Yaml).unwrap_err();
         let paths = err.field_paths();
-        assert!(paths.contains(&"apis[0].routes[1].integration.uri".to_string()), "{err}");
-        assert!(paths.contains(&"apis[0].routes[4].key".to_string()), "{err}");
-        assert!(paths.contains(&"apis[0].stages[1].deployment".to_string()), "{err}");
-        assert!(paths.contains(&"apis[0].stages[0].variables".to_string()), "{err}");
-        assert!(err.to_string().contains("{petId} is not a path parameter of route GET /pets/{id}"), "{err}");
+        assert!(
+            paths.contains(&"apis[0].routes[1].integration.uri".to_string()),
+            "{err}"
+        );
+        assert!(
+            paths.contains(&"apis[0].routes[4].key".to_string()),
+            "{err}"
+        );
+        assert!(
+            paths.contains(&"apis[0].stages[1].deployment".to_string()),
+            "{err}"
+        );
+        assert!(
+            paths.contains(&"apis[0].stages[0].variables".to_string()),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("{petId} is not a path parameter of route GET /pets/{id}"),
+            "{err}"
+        );
     }
 
     #[test]

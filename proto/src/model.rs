@@ -192,9 +192,7 @@ pub struct Stage {
 
 /// Why the gateway itself answered. Names follow AWS's gateway response types; those for
 /// phases Portico has not built yet are accepted so that files stay portable.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum GatewayResponseType {
     Default4xx,
@@ -254,8 +252,12 @@ impl GatewayResponseType {
         match self {
             Default4xx => 400,
             Default5xx => 500,
-            AccessDenied | ExpiredToken | InvalidApiKey | InvalidSignature
-            | MissingAuthenticationToken | WafFiltered => 403,
+            AccessDenied
+            | ExpiredToken
+            | InvalidApiKey
+            | InvalidSignature
+            | MissingAuthenticationToken
+            | WafFiltered => 403,
             ApiConfigurationError | AuthorizerConfigurationError | AuthorizerFailure => 500,
             BadRequestParameters | BadRequestBody => 400,
             // AWS uses 504 for both; a refused or reset connection is a bad gateway, not a

@@ -32,7 +32,9 @@ impl UriTemplate {
         } else if let Some(r) = uri.strip_prefix("https://") {
             (true, r)
         } else {
-            return Err(format!("{uri:?} must be an absolute URI starting with http:// or https://"));
+            return Err(format!(
+                "{uri:?} must be an absolute URI starting with http:// or https://"
+            ));
         };
         let split = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, path_and_query) = rest.split_at(split);
@@ -89,7 +91,9 @@ fn parse_parts(s: &str) -> Result<Vec<TemplatePart>, String> {
                 format!("\"${{{expr}}}\" is not supported: only ${{stageVariables.NAME}}")
             })?;
             if !crate::validate::is_stage_variable_name(name) {
-                return Err(format!("stage variable name {name:?} must match [A-Za-z0-9_]{{1,64}}"));
+                return Err(format!(
+                    "stage variable name {name:?} must match [A-Za-z0-9_]{{1,64}}"
+                ));
             }
             flush(&mut parts, &mut literal);
             parts.push(TemplatePart::StageVariable(name.to_string()));
@@ -100,7 +104,9 @@ fn parse_parts(s: &str) -> Result<Vec<TemplatePart>, String> {
                 .ok_or_else(|| format!("unclosed \"{{\" in {s:?}"))?;
             let name = &after[..end];
             if !crate::route_key::is_param_name(name) {
-                return Err(format!("{{{name}}} is not a valid path parameter reference"));
+                return Err(format!(
+                    "{{{name}}} is not a valid path parameter reference"
+                ));
             }
             flush(&mut parts, &mut literal);
             parts.push(TemplatePart::PathParam(name.to_string()));
@@ -134,12 +140,24 @@ mod tests {
     fn splits_authority_from_path() {
         let t = UriTemplate::parse("http://${stageVariables.host}:81/a/{id}?x=1").unwrap();
         assert!(!t.https);
-        assert_eq!(t.authority, vec![StageVariable("host".into()), Literal(":81".into())]);
+        assert_eq!(
+            t.authority,
+            vec![StageVariable("host".into()), Literal(":81".into())]
+        );
         assert_eq!(
             t.path_and_query,
-            vec![Literal("/a/".into()), PathParam("id".into()), Literal("?x=1".into())]
+            vec![
+                Literal("/a/".into()),
+                PathParam("id".into()),
+                Literal("?x=1".into())
+            ]
         );
-        assert!(UriTemplate::parse("https://h").unwrap().path_and_query.is_empty());
+        assert!(
+            UriTemplate::parse("https://h")
+                .unwrap()
+                .path_and_query
+                .is_empty()
+        );
     }
 
     #[test]

@@ -50,20 +50,25 @@ pub fn is_api_id(id: &str) -> bool {
         && b.len() <= 63
         && b[0].is_ascii_lowercase() | b[0].is_ascii_digit()
         && b[b.len() - 1] != b'-'
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 pub fn is_object_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
-        && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
 }
 
 pub fn is_stage_name(name: &str) -> bool {
     name == "$default"
         || (!name.is_empty()
             && name.len() <= 128
-            && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'))
+            && name
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'))
 }
 
 pub fn is_stage_variable_name(name: &str) -> bool {
@@ -116,7 +121,10 @@ impl Document {
         for (i, api) in self.apis.iter().enumerate() {
             let p = format!("apis[{i}]");
             if !ids.insert(api.id.as_str()) {
-                errs.push(format!("{p}.id"), format!("API id {:?} is used twice", api.id));
+                errs.push(
+                    format!("{p}.id"),
+                    format!("API id {:?} is used twice", api.id),
+                );
             }
             validate_api(&p, api, &mut errs);
         }
@@ -125,13 +133,25 @@ impl Document {
         for (i, d) in self.deployments.iter().enumerate() {
             let p = format!("deployments[{i}]");
             if !is_object_id(&d.id) {
-                errs.push(format!("{p}.id"), "must be 1 to 128 letters, digits, '-', '_' or '.'");
+                errs.push(
+                    format!("{p}.id"),
+                    "must be 1 to 128 letters, digits, '-', '_' or '.'",
+                );
             }
             if !ids.contains(d.api.as_str()) {
-                errs.push(format!("{p}.api"), format!("no API with id {:?} in this document", d.api));
+                errs.push(
+                    format!("{p}.api"),
+                    format!("no API with id {:?} in this document", d.api),
+                );
             }
-            if deployments.insert((d.api.as_str(), d.id.as_str()), d).is_some() {
-                errs.push(format!("{p}.id"), format!("deployment {:?} of API {:?} appears twice", d.id, d.api));
+            if deployments
+                .insert((d.api.as_str(), d.id.as_str()), d)
+                .is_some()
+            {
+                errs.push(
+                    format!("{p}.id"),
+                    format!("deployment {:?} of API {:?} appears twice", d.id, d.api),
+                );
             }
             validate_snapshot(&format!("{p}.snapshot"), &d.snapshot, &mut errs);
         }
@@ -146,7 +166,10 @@ impl Document {
                         None => {
                             errs.push(
                                 format!("{p}.deployment"),
-                                format!("no deployment {dep:?} of API {:?} in this document", api.id),
+                                format!(
+                                    "no deployment {dep:?} of API {:?} in this document",
+                                    api.id
+                                ),
                             );
                             continue;
                         }
@@ -156,7 +179,11 @@ impl Document {
             }
         }
 
-        if errs.0.is_empty() { Ok(()) } else { Err(ValidationErrors(errs.0)) }
+        if errs.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(errs.0))
+        }
     }
 }
 
@@ -176,26 +203,47 @@ fn validate_api(p: &str, api: &Api, errs: &mut Errors) {
     validate_definition(p, api.kind, &api.routes, &api.gateway_responses, errs);
 
     if api.stages.len() > MAX_STAGES_PER_API {
-        errs.push(format!("{p}.stages"), format!("at most {MAX_STAGES_PER_API} stages"));
+        errs.push(
+            format!("{p}.stages"),
+            format!("at most {MAX_STAGES_PER_API} stages"),
+        );
     }
     let mut names = BTreeSet::new();
     for (j, stage) in api.stages.iter().enumerate() {
         let sp = format!("{p}.stages[{j}]");
         if !is_stage_name(&stage.name) {
-            errs.push(format!("{sp}.name"), format!("{:?} must be 1 to 128 of A-Z, a-z, 0-9, '-' and '_', or $default", stage.name));
+            errs.push(
+                format!("{sp}.name"),
+                format!(
+                    "{:?} must be 1 to 128 of A-Z, a-z, 0-9, '-' and '_', or $default",
+                    stage.name
+                ),
+            );
         }
         if !names.insert(stage.name.as_str()) {
-            errs.push(format!("{sp}.name"), format!("stage {:?} appears twice", stage.name));
+            errs.push(
+                format!("{sp}.name"),
+                format!("stage {:?} appears twice", stage.name),
+            );
         }
         if stage.variables.len() > MAX_STAGE_VARIABLES {
-            errs.push(format!("{sp}.variables"), format!("at most {MAX_STAGE_VARIABLES} variables"));
+            errs.push(
+                format!("{sp}.variables"),
+                format!("at most {MAX_STAGE_VARIABLES} variables"),
+            );
         }
         for (k, v) in &stage.variables {
             if !is_stage_variable_name(k) {
-                errs.push(format!("{sp}.variables.{k}"), "name must match [A-Za-z0-9_]{1,64}");
+                errs.push(
+                    format!("{sp}.variables.{k}"),
+                    "name must match [A-Za-z0-9_]{1,64}",
+                );
             }
             if !is_stage_variable_value(v) {
-                errs.push(format!("{sp}.variables.{k}"), "value must be at most 512 of A-Z, a-z, 0-9 and -._~:/?#&=,");
+                errs.push(
+                    format!("{sp}.variables.{k}"),
+                    "value must be at most 512 of A-Z, a-z, 0-9 and -._~:/?#&=,",
+                );
             }
         }
     }
@@ -213,10 +261,16 @@ fn validate_definition(
     errs: &mut Errors,
 ) {
     if kind == ApiKind::Websocket {
-        errs.push(format!("{p}.kind"), "websocket APIs are not supported yet; use http or rest");
+        errs.push(
+            format!("{p}.kind"),
+            "websocket APIs are not supported yet; use http or rest",
+        );
     }
     if routes.len() > MAX_ROUTES_PER_API {
-        errs.push(format!("{p}.routes"), format!("at most {MAX_ROUTES_PER_API} routes"));
+        errs.push(
+            format!("{p}.routes"),
+            format!("at most {MAX_ROUTES_PER_API} routes"),
+        );
     }
     let mut shapes = BTreeMap::new();
     for (i, route) in routes.iter().enumerate() {
@@ -226,7 +280,10 @@ fn validate_definition(
                 if let Some(first) = shapes.insert(key.shape(), i) {
                     errs.push(
                         format!("{rp}.key"),
-                        format!("{:?} matches the same requests as routes[{first}]", route.key),
+                        format!(
+                            "{:?} matches the same requests as routes[{first}]",
+                            route.key
+                        ),
                     );
                 }
                 validate_integration(&format!("{rp}.integration"), &key, &route.integration, errs);
@@ -238,7 +295,10 @@ fn validate_definition(
         let gp = format!("{p}.gateway_responses.{}", ty.as_str());
         if let Some(s) = r.status {
             if !(100..=599).contains(&s) {
-                errs.push(format!("{gp}.status"), format!("{s} is not an HTTP status (100-599)"));
+                errs.push(
+                    format!("{gp}.status"),
+                    format!("{s} is not an HTTP status (100-599)"),
+                );
             }
         }
         validate_headers(&format!("{gp}.headers"), &r.headers, errs);
@@ -254,7 +314,10 @@ fn validate_headers(p: &str, headers: &BTreeMap<String, String>, errs: &mut Erro
             errs.push(format!("{p}.{k}"), "not a valid HTTP header name");
         }
         if !is_header_value(v) {
-            errs.push(format!("{p}.{k}"), "value must be printable ASCII, at most 8192 bytes");
+            errs.push(
+                format!("{p}.{k}"),
+                "value must be printable ASCII, at most 8192 bytes",
+            );
         }
     }
 }
@@ -264,13 +327,19 @@ fn validate_integration(p: &str, key: &RouteKey, ig: &Integration, errs: &mut Er
     if !(MIN_INTEGRATION_TIMEOUT_MS..=MAX_INTEGRATION_TIMEOUT_MS).contains(&ig.timeout_ms) {
         errs.push(
             format!("{p}.timeout_ms"),
-            format!("{} is outside {MIN_INTEGRATION_TIMEOUT_MS}..={MAX_INTEGRATION_TIMEOUT_MS}", ig.timeout_ms),
+            format!(
+                "{} is outside {MIN_INTEGRATION_TIMEOUT_MS}..={MAX_INTEGRATION_TIMEOUT_MS}",
+                ig.timeout_ms
+            ),
         );
     }
     let ty = ig.kind.as_str();
     let only = |field: &str, errs: &mut Errors, set: bool, types: &str| {
         if set {
-            errs.push(format!("{p}.{field}"), format!("does not apply to type {ty}; only to {types}"));
+            errs.push(
+                format!("{p}.{field}"),
+                format!("does not apply to type {ty}; only to {types}"),
+            );
         }
     };
     if proxied {
@@ -293,7 +362,10 @@ fn validate_integration(p: &str, key: &RouteKey, ig: &Integration, errs: &mut Er
         }
         if let Some(m) = &ig.method {
             if !is_method_token(m) {
-                errs.push(format!("{p}.method"), format!("{m:?} must be an upper-case HTTP method"));
+                errs.push(
+                    format!("{p}.method"),
+                    format!("{m:?} must be an upper-case HTTP method"),
+                );
             }
         }
         only("status", errs, ig.status.is_some(), "mock");
@@ -304,7 +376,10 @@ fn validate_integration(p: &str, key: &RouteKey, ig: &Integration, errs: &mut Er
         only("method", errs, ig.method.is_some(), "http_proxy and http");
         if let Some(s) = ig.status {
             if !(100..=599).contains(&s) {
-                errs.push(format!("{p}.status"), format!("{s} is not an HTTP status (100-599)"));
+                errs.push(
+                    format!("{p}.status"),
+                    format!("{s} is not an HTTP status (100-599)"),
+                );
             }
         }
         validate_headers(&format!("{p}.headers"), &ig.headers, errs);
@@ -331,16 +406,26 @@ fn validate_integration(p: &str, key: &RouteKey, ig: &Integration, errs: &mut Er
         for (i, r) in ig.responses.iter().enumerate() {
             let rp = format!("{p}.responses[{i}]");
             if !(100..=599).contains(&r.status) {
-                errs.push(format!("{rp}.status"), format!("{} is not an HTTP status (100-599)", r.status));
+                errs.push(
+                    format!("{rp}.status"),
+                    format!("{} is not an HTTP status (100-599)", r.status),
+                );
             }
             match &r.selection_pattern {
                 None => defaults += 1,
-                Some(pat) if pat.len() > MAX_SELECTION_PATTERN => {
-                    errs.push(format!("{rp}.selection_pattern"), format!("at most {MAX_SELECTION_PATTERN} characters"))
-                }
+                Some(pat) if pat.len() > MAX_SELECTION_PATTERN => errs.push(
+                    format!("{rp}.selection_pattern"),
+                    format!("at most {MAX_SELECTION_PATTERN} characters"),
+                ),
                 Some(pat) => {
-                    if let Err(e) = regex::RegexBuilder::new(&format!("^(?:{pat})$")).size_limit(1 << 16).build() {
-                        errs.push(format!("{rp}.selection_pattern"), format!("not a regular expression: {e}"));
+                    if let Err(e) = regex::RegexBuilder::new(&format!("^(?:{pat})$"))
+                        .size_limit(1 << 16)
+                        .build()
+                    {
+                        errs.push(
+                            format!("{rp}.selection_pattern"),
+                            format!("not a regular expression: {e}"),
+                        );
                     }
                 }
             }
@@ -354,10 +439,18 @@ fn validate_integration(p: &str, key: &RouteKey, ig: &Integration, errs: &mut Er
             }
         }
         if defaults > 1 {
-            errs.push(format!("{p}.responses"), "at most one response without a selection_pattern (the default)");
+            errs.push(
+                format!("{p}.responses"),
+                "at most one response without a selection_pattern (the default)",
+            );
         }
     } else {
-        only("request_parameters", errs, !ig.request_parameters.is_empty(), "http");
+        only(
+            "request_parameters",
+            errs,
+            !ig.request_parameters.is_empty(),
+            "http",
+        );
         only("responses", errs, !ig.responses.is_empty(), "http");
     }
 }
@@ -373,10 +466,13 @@ fn check_stage_variables_defined(p: &str, stage: &Stage, routes: &[Route], errs:
             .and_then(|u| UriTemplate::parse(u).ok())
             .map(|t| t.stage_variables().map(str::to_string).collect::<Vec<_>>())
             .unwrap_or_default();
-        let from_params = ig.request_parameters.values().filter_map(|v| match mapping::parse_request_source(v) {
-            Ok(mapping::RequestSource::StageVariable(n)) => Some(n),
-            _ => None,
-        });
+        let from_params =
+            ig.request_parameters
+                .values()
+                .filter_map(|v| match mapping::parse_request_source(v) {
+                    Ok(mapping::RequestSource::StageVariable(n)) => Some(n),
+                    _ => None,
+                });
         for name in from_uri.into_iter().chain(from_params) {
             if !stage.variables.contains_key(&name) {
                 missing.entry(name).or_insert(route.key.as_str());
@@ -386,7 +482,10 @@ fn check_stage_variables_defined(p: &str, stage: &Stage, routes: &[Route], errs:
     for (name, route) in missing {
         errs.push(
             format!("{p}.variables"),
-            format!("stage {:?} does not set {name:?}, which route {route:?} uses", stage.name),
+            format!(
+                "stage {:?} does not set {name:?}, which route {route:?} uses",
+                stage.name
+            ),
         );
     }
 }

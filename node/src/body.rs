@@ -1,0 +1,124 @@
+//! Response bodies, and the hook that closes a request's books when its body is done.
+//!
+//! A response body may stream from the backend long after the pipeline returned, so the access
+//! log line, the metrics and the return of the backend connection to its pool all happen when
+//! the body is finished or dropped (a client that goes away mid-body still gets logged).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::access_log::{AccessLog, AccessRecord};
+use crate::metrics::StageMetrics;
+use crate::server::ConnState;
+use crate::upstream::PooledConnection;
+
+/// The body the request body becomes on its way to a backend.
+pub type UpstreamBody = http_body_util::Limited<Incoming>;
+
+pub struct ResponseBody {
+    kind: Kind,
+    finish: Option<Box<Finish>>,
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Backend(Incoming),
+}
+
+/// Everything to do once the response is over.
+pub struct Finish {
+    pub record: AccessRecord,
+    pub started: Instant,
+    pub bytes: u64,
+    pub metrics: Arc<StageMetrics>,
+    pub access_log: AccessLog,
+    pub connection: Arc<ConnState>,
+    pub backend: Option<PooledConnection>,
+}
+
+impl ResponseBody {
+    pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+        let bytes = bytes.into();
+        ResponseBody {
+            kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
+            finish: None,
+        }
+    }
+
+    pub fn empty() -> ResponseBody {
+        ResponseBody::full(Bytes::new())
+    }
+
+    pub fn backend(body: Incoming) -> ResponseBody {
+        ResponseBody {
+            kind: Kind::Backend(body),
+            finish: None,
+        }
+    }
+
+    pub fn set_finish(&mut self, finish: Box<Finish>) {
+        self.finish = Some(finish);
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.kind {
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Backend(body) => Pin::new(body).poll_frame(cx),
+        };
+        if let (Poll::Ready(Some(Ok(frame))), Some(f)) = (&polled, this.finish.as_mut()) {
+            if let Some(d) = frame.data_ref() {
+                f.bytes += d.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Backend(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Backend(body) => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        let Some(f) = self.finish.take() else { return };
+        let complete = self.is_end_stream();
+        let latency = f.started.elapsed();
+        f.metrics
+            .observe(f.record.status, latency, f.record.integration_latency);
+        f.access_log.record(&f.record, f.bytes, latency);
+        f.connection.in_flight.fetch_sub(1, Relaxed);
+        f.connection.touch();
+        if let Some(backend) = f.backend {
+            // A half-read backend response leaves its connection unusable.
+            if complete {
+                backend.release();
+            }
+        }
+    }
+}

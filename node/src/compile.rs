@@ -1,0 +1,418 @@
+//! Turns a validated [`Document`] into the immutable [`EdgeConfig`] the request pipeline reads.
+//!
+//! Everything that can be decided before a request arrives is decided here: stage variables are
+//! substituted, backend authorities parsed, header names built, regexes compiled. A request
+//! then only fills in path parameters.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::{HeaderMap, Method, StatusCode};
+use portico_proto::mapping::{self, RequestSource, RequestTarget, ResponseSource};
+use portico_proto::{
+    ApiKind, Document, FieldError, GatewayResponse, GatewayResponseType, Integration,
+    IntegrationType, Route, RouteKey, Stage, TemplatePart, UriTemplate, ValidationErrors,
+};
+use regex::Regex;
+
+use crate::metrics::{Metrics, StageMetrics};
+use crate::router::Router;
+
+/// One immutable revision of everything the edge serves. Swapped whole; a request holds one.
+#[derive(Debug, Default)]
+pub struct EdgeConfig {
+    pub revision: u64,
+    pub apis: HashMap<String, CompiledApi>,
+}
+
+#[derive(Debug)]
+pub struct CompiledApi {
+    pub id: Arc<str>,
+    pub kind: ApiKind,
+    pub stages: HashMap<String, Arc<CompiledStage>>,
+    /// The `$default` stage, served at the root path.
+    pub default_stage: Option<Arc<CompiledStage>>,
+}
+
+#[derive(Debug)]
+pub struct CompiledStage {
+    pub api_id: Arc<str>,
+    pub name: Arc<str>,
+    pub router: Router,
+    pub routes: Vec<CompiledRoute>,
+    pub gateway_responses: BTreeMap<GatewayResponseType, GatewayResponse>,
+    pub metrics: Arc<StageMetrics>,
+}
+
+#[derive(Debug)]
+pub struct CompiledRoute {
+    /// The route key as the operator wrote it, for logs and errors.
+    pub key: Arc<str>,
+    pub integration: CompiledIntegration,
+}
+
+#[derive(Debug)]
+pub enum CompiledIntegration {
+    HttpProxy(BackendCall),
+    Http(HttpCall),
+    Mock(MockResponse),
+}
+
+/// A backend and how to build the request path for it.
+#[derive(Debug)]
+pub struct BackendCall {
+    pub backend: Backend,
+    pub path: Vec<PathPart>,
+    pub method: Option<Method>,
+    pub timeout: Duration,
+    /// `$default` routes forward the whole request path below the stage, as AWS HTTP APIs do.
+    pub append_request_path: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub https: bool,
+    pub authority: Authority,
+    pub host_header: HeaderValue,
+    /// Pool key: scheme and authority.
+    pub key: Arc<str>,
+}
+
+#[derive(Debug)]
+pub enum PathPart {
+    Literal(Box<str>),
+    /// Index into the route's path parameters.
+    Param(usize),
+}
+
+/// A non-proxy call: only mapped parameters go to the backend, and its status is mapped back.
+#[derive(Debug)]
+pub struct HttpCall {
+    pub call: BackendCall,
+    pub headers: Vec<(HeaderName, Source)>,
+    pub query: Vec<(String, Source)>,
+    pub responses: Vec<ResponseMapping>,
+}
+
+#[derive(Debug)]
+pub enum Source {
+    Param(usize),
+    Query(String),
+    Header(HeaderName),
+    RequestId,
+    Static(String),
+}
+
+#[derive(Debug)]
+pub struct ResponseMapping {
+    pub pattern: Option<Regex>,
+    pub status: StatusCode,
+    pub headers: Vec<(HeaderName, ResponseValue)>,
+}
+
+#[derive(Debug)]
+pub enum ResponseValue {
+    BackendHeader(HeaderName),
+    Static(HeaderValue),
+}
+
+#[derive(Debug)]
+pub struct MockResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Compiles a document that has passed [`Document::validate`]. What validation cannot see
+/// (a stage variable that makes a URI invalid) is reported with the stage's field path.
+pub fn compile(
+    doc: &Document,
+    revision: u64,
+    metrics: &Metrics,
+) -> Result<EdgeConfig, ValidationErrors> {
+    doc.validate()?;
+    let mut errors = Vec::new();
+    let mut apis = HashMap::with_capacity(doc.apis.len());
+    for (i, api) in doc.apis.iter().enumerate() {
+        let api_id: Arc<str> = api.id.as_str().into();
+        let mut compiled = CompiledApi {
+            id: api_id.clone(),
+            kind: api.kind,
+            stages: HashMap::new(),
+            default_stage: None,
+        };
+        for (j, stage) in api.stages.iter().enumerate() {
+            let path = format!("apis[{i}].stages[{j}]");
+            let (routes, responses) = match &stage.deployment {
+                None => (&api.routes, &api.gateway_responses),
+                Some(dep) => {
+                    // validate() guarantees the deployment exists.
+                    let Some(d) = doc
+                        .deployments
+                        .iter()
+                        .find(|d| d.api == api.id && &d.id == dep)
+                    else {
+                        continue;
+                    };
+                    (&d.snapshot.routes, &d.snapshot.gateway_responses)
+                }
+            };
+            match compile_stage(&api_id, stage, routes, responses, metrics) {
+                Ok(s) => {
+                    let s = Arc::new(s);
+                    if stage.name == "$default" {
+                        compiled.default_stage = Some(s.clone());
+                    }
+                    compiled.stages.insert(stage.name.clone(), s);
+                }
+                Err(message) => errors.push(FieldError { path, message }),
+            }
+        }
+        apis.insert(api.id.clone(), compiled);
+    }
+    if errors.is_empty() {
+        Ok(EdgeConfig { revision, apis })
+    } else {
+        Err(ValidationErrors(errors))
+    }
+}
+
+fn compile_stage(
+    api_id: &Arc<str>,
+    stage: &Stage,
+    routes: &[Route],
+    responses: &BTreeMap<GatewayResponseType, GatewayResponse>,
+    metrics: &Metrics,
+) -> Result<CompiledStage, String> {
+    let mut router = Router::default();
+    let mut compiled = Vec::with_capacity(routes.len());
+    for (index, route) in routes.iter().enumerate() {
+        let key = RouteKey::parse(&route.key)?;
+        let integration = compile_integration(&key, &route.integration, &stage.variables)
+            .map_err(|e| format!("route {:?}: {e}", route.key))?;
+        router.insert(&key, index);
+        compiled.push(CompiledRoute {
+            key: route.key.as_str().into(),
+            integration,
+        });
+    }
+    Ok(CompiledStage {
+        api_id: api_id.clone(),
+        name: stage.name.as_str().into(),
+        router,
+        routes: compiled,
+        gateway_responses: responses.clone(),
+        metrics: metrics.stage(api_id, &stage.name),
+    })
+}
+
+fn compile_integration(
+    key: &RouteKey,
+    ig: &Integration,
+    vars: &BTreeMap<String, String>,
+) -> Result<CompiledIntegration, String> {
+    let params = key.param_names();
+    let param_index = |name: &str| params.iter().position(|p| *p == name);
+    Ok(match ig.kind {
+        IntegrationType::Mock => {
+            let mut headers = HeaderMap::new();
+            for (k, v) in &ig.headers {
+                headers.append(header_name(k)?, header_value(v)?);
+            }
+            CompiledIntegration::Mock(MockResponse {
+                status: status(ig.status.unwrap_or(200))?,
+                headers,
+                body: Bytes::from(ig.body.clone().unwrap_or_default()),
+            })
+        }
+        IntegrationType::HttpProxy => {
+            CompiledIntegration::HttpProxy(backend_call(key, ig, vars, &param_index)?)
+        }
+        IntegrationType::Http => {
+            let call = backend_call(key, ig, vars, &param_index)?;
+            let mut headers = Vec::new();
+            let mut query = Vec::new();
+            for (target, source) in &ig.request_parameters {
+                let source = match mapping::parse_request_source(source)? {
+                    RequestSource::Path(n) => Source::Param(
+                        param_index(&n).ok_or_else(|| format!("no path parameter {n:?}"))?,
+                    ),
+                    RequestSource::Query(n) => Source::Query(n),
+                    RequestSource::Header(n) => Source::Header(header_name(&n)?),
+                    RequestSource::RequestId => Source::RequestId,
+                    RequestSource::Static(s) => Source::Static(s),
+                    RequestSource::StageVariable(n) => Source::Static(
+                        vars.get(&n)
+                            .cloned()
+                            .ok_or_else(|| format!("stage variable {n:?} is not set"))?,
+                    ),
+                };
+                match mapping::parse_request_target(target)? {
+                    RequestTarget::Header(h) => headers.push((header_name(&h)?, source)),
+                    RequestTarget::Query(q) => query.push((q, source)),
+                }
+            }
+            let mut responses = Vec::new();
+            for r in &ig.responses {
+                let pattern = match &r.selection_pattern {
+                    None => None,
+                    Some(p) => Some(
+                        regex::RegexBuilder::new(&format!("^(?:{p})$"))
+                            .size_limit(1 << 16)
+                            .build()
+                            .map_err(|e| e.to_string())?,
+                    ),
+                };
+                let mut mapped = Vec::new();
+                for (h, v) in &r.headers {
+                    let value = match mapping::parse_response_source(v)? {
+                        ResponseSource::BackendHeader(n) => {
+                            ResponseValue::BackendHeader(header_name(&n)?)
+                        }
+                        ResponseSource::Static(s) => ResponseValue::Static(header_value(&s)?),
+                    };
+                    mapped.push((header_name(h)?, value));
+                }
+                responses.push(ResponseMapping {
+                    pattern,
+                    status: status(r.status)?,
+                    headers: mapped,
+                });
+            }
+            // Patterns are tried in order; the default (no pattern) only when none matched.
+            responses.sort_by_key(|r| r.pattern.is_none());
+            CompiledIntegration::Http(HttpCall {
+                call,
+                headers,
+                query,
+                responses,
+            })
+        }
+    })
+}
+
+fn backend_call(
+    key: &RouteKey,
+    ig: &Integration,
+    vars: &BTreeMap<String, String>,
+    param_index: &dyn Fn(&str) -> Option<usize>,
+) -> Result<BackendCall, String> {
+    let uri = ig.uri.as_deref().ok_or("uri is required")?;
+    let template = UriTemplate::parse(uri)?;
+    let mut authority = String::new();
+    for part in &template.authority {
+        match part {
+            TemplatePart::Literal(l) => authority.push_str(l),
+            TemplatePart::StageVariable(n) => authority.push_str(
+                vars.get(n)
+                    .ok_or_else(|| format!("stage variable {n:?} is not set"))?,
+            ),
+            TemplatePart::PathParam(_) => return Err("the host may not use path parameters".into()),
+        }
+    }
+    let parsed: Authority = authority.parse().map_err(|e| {
+        format!("uri {uri:?} gives backend authority {authority:?}, which is invalid: {e}")
+    })?;
+    if parsed.host().is_empty() || authority.contains('@') {
+        return Err(format!(
+            "uri {uri:?} gives backend authority {authority:?}, which has no host or has user info"
+        ));
+    }
+    let mut path = Vec::new();
+    let mut literal = String::new();
+    for part in &template.path_and_query {
+        match part {
+            TemplatePart::Literal(l) => literal.push_str(l),
+            TemplatePart::StageVariable(n) => literal.push_str(
+                vars.get(n)
+                    .ok_or_else(|| format!("stage variable {n:?} is not set"))?,
+            ),
+            TemplatePart::PathParam(n) => {
+                if !literal.is_empty() {
+                    path.push(PathPart::Literal(std::mem::take(&mut literal).into()));
+                }
+                path.push(PathPart::Param(
+                    param_index(n).ok_or_else(|| format!("no path parameter {n:?}"))?,
+                ));
+            }
+        }
+    }
+    if !literal.is_empty() {
+        path.push(PathPart::Literal(literal.into()));
+    }
+    let port = parsed
+        .port_u16()
+        .unwrap_or(if template.https { 443 } else { 80 });
+    let scheme = if template.https { "https" } else { "http" };
+    Ok(BackendCall {
+        backend: Backend {
+            https: template.https,
+            host_header: header_value(parsed.as_str())?,
+            key: format!("{scheme}://{}:{port}", parsed.host()).into(),
+            authority: parsed,
+        },
+        path,
+        method: match &ig.method {
+            Some(m) => Some(Method::from_bytes(m.as_bytes()).map_err(|e| e.to_string())?),
+            None => None,
+        },
+        timeout: Duration::from_millis(ig.timeout_ms),
+        append_request_path: matches!(key, RouteKey::Default),
+    })
+}
+
+fn header_name(s: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(s.as_bytes()).map_err(|_| format!("{s:?} is not a valid header name"))
+}
+
+fn header_value(s: &str) -> Result<HeaderValue, String> {
+    HeaderValue::from_str(s).map_err(|_| format!("{s:?} is not a valid header value"))
+}
+
+fn status(code: u16) -> Result<StatusCode, String> {
+    StatusCode::from_u16(code).map_err(|_| format!("{code} is not an HTTP status"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portico_proto::{Format, parse_document};
+
+    #[test]
+    fn compiles_the_documented_example() {
+        let text = include_str!("../../docs/examples/petstore.yaml");
+        let doc = parse_document(text, Format::Yaml).unwrap();
+        let cfg = compile(&doc, 7, &Metrics::default()).unwrap();
+        let api = &cfg.apis["petstore"];
+        let prod = &api.stages["prod"];
+        assert_eq!(prod.routes.len(), 6);
+        let CompiledIntegration::HttpProxy(call) = &prod.routes[1].integration else {
+            panic!("route 1 is a proxy");
+        };
+        assert_eq!(&*call.backend.key, "http://127.0.0.1:9000");
+        assert_eq!(call.timeout, Duration::from_secs(5));
+        assert_eq!(
+            api.stages["canary"].routes.len(),
+            1,
+            "canary serves the pinned deployment"
+        );
+    }
+
+    #[test]
+    fn a_stage_variable_that_breaks_the_uri_names_the_stage() {
+        let text = include_str!("../../docs/examples/petstore.yaml")
+            .replace("backend: 127.0.0.1:9000", "backend: a:b:c");
+        let doc = parse_document(&text, Format::Yaml).unwrap();
+        let err = compile(&doc, 1, &Metrics::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("apis[0].stages[0]: route \"GET /pets\""),
+            "{err}"
+        );
+    }
+}

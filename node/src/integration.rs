@@ -1,0 +1,438 @@
+//! Phase "integrate": build the backend request, call it, shape its response.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Request, Response, Version};
+use hyper::body::Incoming;
+
+use crate::body::{ResponseBody, UpstreamBody};
+use crate::compile::{
+    BackendCall, CompiledIntegration, HttpCall, MockResponse, PathPart, ResponseValue, Source,
+};
+use crate::error::IntegrationError;
+use crate::request_id::REQUEST_ID;
+use crate::upstream::PooledConnection;
+use crate::worker::Worker;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// What the integration needs to know about the request besides the request itself.
+pub struct CallContext<'a> {
+    /// Raw path parameter values, in route-key order.
+    pub params: &'a [&'a str],
+    /// The request path below the stage, e.g. `/pets/7`.
+    pub stage_path: &'a str,
+    pub request_id: &'a HeaderValue,
+    pub client_ip: IpAddr,
+    pub scheme: &'static str,
+}
+
+/// The integration's answer, and what the access log and the pool need from it.
+pub struct Outcome {
+    pub response: Response<ResponseBody>,
+    pub backend: Option<PooledConnection>,
+    pub latency: Option<Duration>,
+}
+
+pub async fn call(
+    worker: &Worker,
+    integration: &CompiledIntegration,
+    ctx: &CallContext<'_>,
+    req: Request<Incoming>,
+) -> Result<Outcome, IntegrationError> {
+    match integration {
+        CompiledIntegration::Mock(mock) => Ok(Outcome {
+            response: mock_response(mock),
+            backend: None,
+            latency: None,
+        }),
+        CompiledIntegration::HttpProxy(call) => {
+            let (parts, body) = req.into_parts();
+            let upstream = proxy_request(call, ctx, parts, limit(worker, body))?;
+            let (mut response, backend, latency) = send(worker, call, upstream).await?;
+            strip_hop_by_hop(response.headers_mut());
+            Ok(Outcome {
+                response: response.map(ResponseBody::backend),
+                backend: Some(backend),
+                latency: Some(latency),
+            })
+        }
+        CompiledIntegration::Http(http) => {
+            let (parts, body) = req.into_parts();
+            let upstream = http_request(http, ctx, parts, limit(worker, body))?;
+            let (response, backend, latency) = send(worker, &http.call, upstream).await?;
+            Ok(Outcome {
+                response: map_http_response(http, response),
+                backend: Some(backend),
+                latency: Some(latency),
+            })
+        }
+    }
+}
+
+fn limit(worker: &Worker, body: Incoming) -> UpstreamBody {
+    let max = usize::try_from(worker.settings.max_body_bytes).unwrap_or(usize::MAX);
+    http_body_util::Limited::new(body, max)
+}
+
+async fn send(
+    worker: &Worker,
+    call: &BackendCall,
+    req: Request<UpstreamBody>,
+) -> Result<(Response<Incoming>, PooledConnection, Duration), IntegrationError> {
+    let started = Instant::now();
+    match tokio::time::timeout(call.timeout, worker.pool.send(&call.backend, req)).await {
+        Ok(Ok((response, backend))) => Ok((response, backend, started.elapsed())),
+        Ok(Err(IntegrationError::BodyTooLarge { .. })) => Err(IntegrationError::BodyTooLarge {
+            limit: worker.settings.max_body_bytes,
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(IntegrationError::Timeout {
+            backend: call.backend.key.to_string(),
+            after: call.timeout,
+        }),
+    }
+}
+
+fn mock_response(mock: &MockResponse) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(mock.body.clone()));
+    *response.status_mut() = mock.status;
+    *response.headers_mut() = mock.headers.clone();
+    response
+}
+
+/// `http_proxy`: the client's request as it is, addressed to the backend.
+fn proxy_request(
+    call: &BackendCall,
+    ctx: &CallContext<'_>,
+    parts: Parts,
+    body: UpstreamBody,
+) -> Result<Request<UpstreamBody>, IntegrationError> {
+    let Parts {
+        method,
+        uri,
+        mut headers,
+        ..
+    } = parts;
+    let original_host = original_host(&uri, &headers);
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    add_forwarding_headers(call, ctx, &mut headers, original_host);
+    let path = render_path(call, ctx, uri.query(), &[])?;
+    let mut req = Request::new(body);
+    *req.method_mut() = call.method.clone().unwrap_or(method);
+    *req.uri_mut() = path.into();
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+/// `http`: a new request carrying only the mapped parameters and the body.
+fn http_request(
+    http: &HttpCall,
+    ctx: &CallContext<'_>,
+    parts: Parts,
+    body: UpstreamBody,
+) -> Result<Request<UpstreamBody>, IntegrationError> {
+    let client = &parts.headers;
+    let mut headers = HeaderMap::new();
+    for name in [
+        header::CONTENT_TYPE,
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+    ] {
+        if let Some(v) = client.get(&name) {
+            headers.insert(name, v.clone());
+        }
+    }
+    let lookup = |source: &Source| -> Option<String> {
+        match source {
+            Source::Param(i) => ctx.params.get(*i).map(|s| s.to_string()),
+            Source::Query(name) => query_value(parts.uri.query(), name).map(str::to_string),
+            Source::Header(h) => client
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            Source::RequestId => ctx.request_id.to_str().ok().map(str::to_string),
+            Source::Static(s) => Some(s.clone()),
+        }
+    };
+    for (name, source) in &http.headers {
+        if let Some(v) = lookup(source).and_then(|v| HeaderValue::from_str(&v).ok()) {
+            headers.insert(name.clone(), v);
+        }
+    }
+    let query: Vec<(String, String)> = http
+        .query
+        .iter()
+        .filter_map(|(name, source)| lookup(source).map(|v| (name.clone(), v)))
+        .collect();
+    let original_host = original_host(&parts.uri, client);
+    add_forwarding_headers(&http.call, ctx, &mut headers, original_host);
+    let path = render_path(&http.call, ctx, None, &query)?;
+    let mut req = Request::new(body);
+    *req.method_mut() = http.call.method.clone().unwrap_or(parts.method);
+    *req.uri_mut() = path.into();
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+fn map_http_response(http: &HttpCall, response: Response<Incoming>) -> Response<ResponseBody> {
+    let (parts, body) = response.into_parts();
+    let status = parts.status.as_str();
+    let mapping = http
+        .responses
+        .iter()
+        .find(|r| r.pattern.as_ref().is_none_or(|p| p.is_match(status)));
+    let mut out = Response::new(ResponseBody::backend(body));
+    let headers = out.headers_mut();
+    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+        headers.insert(header::CONTENT_TYPE, ct.clone());
+    }
+    match mapping {
+        // No mapping matched and there is no default: AWS answers 500 here; passing the
+        // backend's status through tells the operator more.
+        None => *out.status_mut() = parts.status,
+        Some(m) => {
+            *out.status_mut() = m.status;
+            for (name, value) in &m.headers {
+                let v = match value {
+                    ResponseValue::Static(v) => Some(v.clone()),
+                    ResponseValue::BackendHeader(h) => parts.headers.get(h).cloned(),
+                };
+                if let Some(v) = v {
+                    out.headers_mut().insert(name.clone(), v);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn original_host(uri: &http::Uri, headers: &HeaderMap) -> Option<HeaderValue> {
+    match uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => headers.get(header::HOST).cloned(),
+    }
+}
+
+fn add_forwarding_headers(
+    call: &BackendCall,
+    ctx: &CallContext<'_>,
+    headers: &mut HeaderMap,
+    original_host: Option<HeaderValue>,
+) {
+    headers.insert(header::HOST, call.backend.host_header.clone());
+    let ip = ctx.client_ip.to_string();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {ip}")),
+        None => HeaderValue::from_str(&ip),
+    };
+    if let Ok(v) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(ctx.scheme),
+    );
+    if let Some(host) = original_host {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    headers.insert(REQUEST_ID.clone(), ctx.request_id.clone());
+}
+
+/// Connection-level headers never cross a proxy (RFC 9110 §7.6.1), including any that the
+/// `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// The backend path: the template with path parameters filled in, the request path appended
+/// for `$default` routes, and the template's, the client's and mapped query strings joined.
+fn render_path(
+    call: &BackendCall,
+    ctx: &CallContext<'_>,
+    client_query: Option<&str>,
+    mapped_query: &[(String, String)],
+) -> Result<PathAndQuery, IntegrationError> {
+    let mut s = String::with_capacity(128);
+    for part in &call.path {
+        match part {
+            PathPart::Literal(l) => s.push_str(l),
+            PathPart::Param(i) => s.push_str(ctx.params.get(*i).copied().unwrap_or("")),
+        }
+    }
+    let template_query = match s.find('?') {
+        Some(i) => {
+            let q = s[i + 1..].to_string();
+            s.truncate(i);
+            Some(q)
+        }
+        None => None,
+    };
+    if call.append_request_path {
+        let tail = ctx.stage_path.trim_start_matches('/');
+        if !s.ends_with('/') {
+            s.push('/');
+        }
+        s.push_str(tail);
+    }
+    if s.is_empty() {
+        s.push('/');
+    }
+    let mut first = true;
+    let mut push_query = |s: &mut String, q: &str| {
+        if q.is_empty() {
+            return;
+        }
+        s.push(if first { '?' } else { '&' });
+        first = false;
+        s.push_str(q);
+    };
+    if let Some(q) = template_query {
+        push_query(&mut s, &q);
+    }
+    if let Some(q) = client_query {
+        push_query(&mut s, q);
+    }
+    for (k, v) in mapped_query {
+        let pair = format!("{}={}", percent_encode(k), percent_encode(v));
+        push_query(&mut s, &pair);
+    }
+    PathAndQuery::try_from(s).map_err(|e| IntegrationError::Misconfigured {
+        reason: format!("the backend path is not a valid URI path: {e}"),
+    })
+}
+
+fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::Backend;
+    use std::sync::Arc;
+
+    fn call(path: Vec<PathPart>, append: bool) -> BackendCall {
+        BackendCall {
+            backend: Backend {
+                https: false,
+                authority: "b:1".parse().unwrap(),
+                host_header: HeaderValue::from_static("b:1"),
+                key: Arc::from("http://b:1"),
+            },
+            path,
+            method: None,
+            timeout: Duration::from_secs(1),
+            append_request_path: append,
+        }
+    }
+
+    fn ctx<'a>(params: &'a [&'a str], stage_path: &'a str, id: &'a HeaderValue) -> CallContext<'a> {
+        CallContext {
+            params,
+            stage_path,
+            request_id: id,
+            client_ip: "10.0.0.1".parse().unwrap(),
+            scheme: "http",
+        }
+    }
+
+    #[test]
+    fn renders_paths_and_joins_queries() {
+        let id = HeaderValue::from_static("r");
+        let c = call(
+            vec![
+                PathPart::Literal("/pets/".into()),
+                PathPart::Param(0),
+                PathPart::Literal("?v=1".into()),
+            ],
+            false,
+        );
+        let p = render_path(
+            &c,
+            &ctx(&["7"], "/x", &id),
+            Some("a=b"),
+            &[("q".into(), "x y".into())],
+        )
+        .unwrap();
+        assert_eq!(p.as_str(), "/pets/7?v=1&a=b&q=x%20y");
+
+        let d = call(vec![], true);
+        let p = render_path(&d, &ctx(&[], "/deep/path", &id), None, &[]).unwrap();
+        assert_eq!(p.as_str(), "/deep/path");
+        let p = render_path(&d, &ctx(&[], "", &id), None, &[]).unwrap();
+        assert_eq!(p.as_str(), "/");
+    }
+
+    #[test]
+    fn strips_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn finds_query_values() {
+        assert_eq!(query_value(Some("a=1&b=2&c"), "b"), Some("2"));
+        assert_eq!(query_value(Some("a=1&c"), "c"), Some(""));
+        assert_eq!(query_value(None, "a"), None);
+    }
+}

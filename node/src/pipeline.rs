@@ -1,0 +1,269 @@
+//! The request pipeline: one closed sequence of phases, read top to bottom in [`run`].
+//!
+//! DESIGN.md's full sequence is route → endpoint policy → CORS → authorize → throttle → quota →
+//! validate → cache lookup → transform request → integrate → transform response → cache store →
+//! respond. Phases that are not built yet are absent here, not stubbed. Each phase returns its
+//! own error type; [`crate::error::gateway_response`] is the only place errors become
+//! responses, and the access log line and metrics are emitted once, when the response body is
+//! finished ([`crate::body::Finish`]).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Instant, SystemTime};
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::access_log::AccessRecord;
+use crate::body::{Finish, ResponseBody};
+use crate::compile::{CompiledStage, EdgeConfig};
+use crate::error::{GatewayError, RouteError, gateway_response};
+use crate::integration::{self, CallContext};
+use crate::request_id::{self, REQUEST_ID};
+use crate::server::ConnState;
+use crate::upstream::PooledConnection;
+use crate::worker::Worker;
+
+/// What the phases learn about a request, for the response and the access log.
+struct Exchange {
+    record: AccessRecord,
+    stage: Option<Arc<CompiledStage>>,
+    backend: Option<PooledConnection>,
+}
+
+/// hyper's entry point for every request on every connection.
+pub async fn handle(
+    worker: Arc<Worker>,
+    conn: Arc<ConnState>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let started = Instant::now();
+    conn.in_flight.fetch_add(1, Relaxed);
+    let request_id = request_id::for_request(req.headers());
+    let config = worker.config.current();
+    let mut exchange = Exchange {
+        record: AccessRecord {
+            request_id: request_id.clone(),
+            source_ip: conn.peer.ip(),
+            method: req.method().clone(),
+            path: req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            protocol: req.version(),
+            request_time: SystemTime::now(),
+            api_id: None,
+            stage: None,
+            route_key: None,
+            status: 0,
+            integration_latency: None,
+            error_type: None,
+        },
+        stage: None,
+        backend: None,
+    };
+
+    let mut response = match run(&worker, &config, &conn, &mut exchange, req).await {
+        Ok(response) => response,
+        Err(err) => {
+            exchange.record.error_type = Some(err.response_type().as_str());
+            tracing::debug!(request_id = ?request_id, error = %err, "gateway error");
+            gateway_response(&err, exchange.stage.as_deref(), &request_id)
+        }
+    };
+
+    exchange.record.status = response.status().as_u16();
+    response
+        .headers_mut()
+        .insert(REQUEST_ID.clone(), request_id);
+    let metrics = match &exchange.stage {
+        Some(stage) => stage.metrics.clone(),
+        None => worker.metrics.unmatched.clone(),
+    };
+    response.body_mut().set_finish(Box::new(Finish {
+        record: exchange.record,
+        started,
+        bytes: 0,
+        metrics,
+        access_log: worker.access_log.clone(),
+        connection: conn,
+        backend: exchange.backend,
+    }));
+    Ok(response)
+}
+
+async fn run(
+    worker: &Worker,
+    config: &EdgeConfig,
+    conn: &ConnState,
+    exchange: &mut Exchange,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    // Phase 1 — route: the API from the Host, the stage from the first path segment, the route
+    // from the rest of the path.
+    let path = exchange.record.path.clone();
+    let routed = route(worker, config, &req, path.path())?;
+    let route = &routed.stage.routes[routed.route];
+    exchange.record.api_id = Some(routed.stage.api_id.clone());
+    exchange.record.stage = Some(routed.stage.name.clone());
+    exchange.record.route_key = Some(route.key.clone());
+    exchange.stage = Some(routed.stage.clone());
+
+    // Phase 2 — request limits: a declared body over the limit is refused before any backend
+    // is called (a chunked body is cut off by the integration's body stream instead).
+    check_declared_length(worker, &req)?;
+
+    // Phase 3 — integrate: call the backend, or answer from the gateway.
+    let ctx = CallContext {
+        params: &routed.params,
+        stage_path: routed.stage_path,
+        request_id: &exchange.record.request_id,
+        client_ip: conn.peer.ip(),
+        scheme: "http",
+    };
+    let outcome = integration::call(worker, &route.integration, &ctx, req).await?;
+    exchange.record.integration_latency = outcome.latency;
+    exchange.backend = outcome.backend;
+
+    // Phase 4 — respond.
+    Ok(outcome.response)
+}
+
+struct Routed<'p> {
+    stage: Arc<CompiledStage>,
+    route: usize,
+    params: Vec<&'p str>,
+    /// The request path below the stage.
+    stage_path: &'p str,
+}
+
+fn route<'p>(
+    worker: &Worker,
+    config: &EdgeConfig,
+    req: &Request<Incoming>,
+    path: &'p str,
+) -> Result<Routed<'p>, RouteError> {
+    let suffix = &worker.settings.domain_suffix;
+    let host = request_host(req).unwrap_or("");
+    let api_id = api_id_from_host(host, suffix).ok_or_else(|| RouteError::NoApiInHost {
+        host: host.to_string(),
+        suffix: suffix.clone(),
+    })?;
+    let api = match config.apis.get(api_id) {
+        Some(api) => api,
+        None => config
+            .apis
+            .get(&api_id.to_ascii_lowercase())
+            .ok_or_else(|| RouteError::UnknownApi {
+                api: api_id.to_string(),
+            })?,
+    };
+
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    let first = rest.split_once('/').map_or(rest, |(first, _)| first);
+    let (stage, stage_path) = match api.stages.get(first) {
+        Some(stage) if first != "$default" => (stage, &path[1 + first.len()..]),
+        _ => match &api.default_stage {
+            Some(stage) => (stage, path),
+            None => {
+                let mut known: Vec<&str> = api.stages.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                return Err(RouteError::UnknownStage {
+                    api: api.id.to_string(),
+                    stage: first.to_string(),
+                    known: if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    },
+                });
+            }
+        },
+    };
+    match stage.router.find(req.method(), stage_path) {
+        Some(m) => Ok(Routed {
+            stage: stage.clone(),
+            route: m.route,
+            params: m.params,
+            stage_path,
+        }),
+        None => Err(RouteError::NoRoute {
+            api: api.id.to_string(),
+            stage: stage.name.to_string(),
+            method: req.method().to_string(),
+            path: if stage_path.is_empty() {
+                "/".into()
+            } else {
+                stage_path.to_string()
+            },
+            allowed: stage.router.methods_for_path(stage_path),
+        }),
+    }
+}
+
+fn request_host(req: &Request<Incoming>) -> Option<&str> {
+    match req.uri().host() {
+        Some(h) => Some(h),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok()),
+    }
+}
+
+/// `demo.portico.localhost:8080` → `demo`.
+fn api_id_from_host<'h>(host: &'h str, suffix: &str) -> Option<&'h str> {
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.len() <= suffix.len() + 1 {
+        return None;
+    }
+    let (label, tail) = host.split_at(host.len() - suffix.len());
+    if !tail.eq_ignore_ascii_case(suffix) {
+        return None;
+    }
+    let label = label.strip_suffix('.')?;
+    (!label.is_empty() && !label.contains('.')).then_some(label)
+}
+
+fn check_declared_length(worker: &Worker, req: &Request<Incoming>) -> Result<(), RouteError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v: &HeaderValue| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > worker.settings.max_body_bytes => Err(RouteError::BodyTooLarge {
+            length,
+            limit: worker.settings.max_body_bytes,
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::api_id_from_host;
+
+    #[test]
+    fn api_id_comes_from_the_first_label() {
+        let s = "portico.localhost";
+        assert_eq!(api_id_from_host("demo.portico.localhost", s), Some("demo"));
+        assert_eq!(
+            api_id_from_host("demo.portico.localhost:8080", s),
+            Some("demo")
+        );
+        assert_eq!(api_id_from_host("Demo.PORTICO.localhost.", s), Some("Demo"));
+        assert_eq!(api_id_from_host("portico.localhost", s), None);
+        assert_eq!(api_id_from_host("a.b.portico.localhost", s), None);
+        assert_eq!(api_id_from_host("demoportico.localhost", s), None);
+        assert_eq!(api_id_from_host("127.0.0.1:8080", s), None);
+    }
+}

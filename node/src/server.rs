@@ -1,0 +1,400 @@
+//! Listeners and connections: thread-per-core workers, limits, idle timeout, graceful drain.
+//!
+//! Each worker thread runs a single-threaded tokio runtime with its own `SO_REUSEPORT` listener
+//! and backend pool, so a request is served start to end on one core with no cross-thread
+//! wake-ups (measured at +6..29 % CPU per request for a work-stealing runtime).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+
+use crate::access_log::{AccessLog, FLUSH_INTERVAL};
+use crate::metrics::Metrics;
+use crate::pipeline;
+use crate::settings::EdgeSettings;
+use crate::store::ConfigStore;
+use crate::upstream::{UpstreamPool, backend_tls_config};
+use crate::worker::Worker;
+
+/// Per-connection state the pipeline and the idle watchdog share.
+pub struct ConnState {
+    pub peer: SocketAddr,
+    pub in_flight: AtomicU32,
+    last_activity_ms: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl ConnState {
+    fn new(peer: SocketAddr) -> ConnState {
+        ConnState {
+            peer,
+            in_flight: AtomicU32::new(0),
+            last_activity_ms: AtomicU64::new(now_ms()),
+        }
+    }
+
+    pub fn touch(&self) {
+        self.last_activity_ms.store(now_ms(), Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(now_ms().saturating_sub(self.last_activity_ms.load(Relaxed)))
+    }
+}
+
+/// A running edge data plane.
+pub struct EdgeServer {
+    shutdown: watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    local_addr: SocketAddr,
+}
+
+impl EdgeServer {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the drain timeout), and waits for
+    /// every worker to exit. Blocking: call it from a blocking context.
+    pub fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Binds the listeners and starts the workers.
+pub fn start(
+    settings: Arc<EdgeSettings>,
+    config: Arc<ConfigStore>,
+    metrics: Arc<Metrics>,
+    access_log: AccessLog,
+) -> io::Result<EdgeServer> {
+    let mut extra_roots = Vec::new();
+    for path in &settings.backend_ca_files {
+        use rustls_pki_types::pem::PemObject;
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?
+        {
+            extra_roots
+                .push(cert.map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?);
+        }
+    }
+    let tls = backend_tls_config(&extra_roots).map_err(io::Error::other)?;
+
+    let workers = settings.workers.max(1);
+    let first = bind_reuseport(settings.listen)?;
+    let local_addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(bind_reuseport(local_addr)?);
+    }
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let per_worker_connections = settings.max_connections.div_ceil(workers).max(1);
+    let mut threads = Vec::with_capacity(workers);
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let worker = Arc::new(Worker {
+            settings: settings.clone(),
+            config: config.clone(),
+            metrics: metrics.clone(),
+            access_log: access_log.clone(),
+            pool: Arc::new(UpstreamPool::new(
+                settings.backend_idle_timeout,
+                tls.clone(),
+            )),
+        });
+        let shutdown_rx = shutdown_rx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("portico-edge-{i}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, worker = i, "cannot start worker runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(run_worker(
+                    listener,
+                    worker,
+                    per_worker_connections,
+                    shutdown_rx,
+                ));
+            })?;
+        threads.push(thread);
+    }
+    Ok(EdgeServer {
+        shutdown,
+        threads,
+        local_addr,
+    })
+}
+
+fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+fn http_builder(settings: &EdgeSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        // hyper refuses buffers under 8 KiB.
+        .max_buf_size(settings.max_header_bytes.max(8192))
+        .max_headers(128)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.max_h2_streams)
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+/// Counts a worker's open connections so that shutdown can wait for them.
+#[derive(Default)]
+struct Tracker {
+    open: AtomicUsize,
+    closed: Notify,
+}
+
+struct Tracked(Arc<Tracker>, Arc<Metrics>);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.1.connections_open.fetch_sub(1, Relaxed);
+        if self.0.open.fetch_sub(1, Relaxed) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
+async fn run_worker(
+    listener: std::net::TcpListener,
+    worker: Arc<Worker>,
+    max_connections: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register listener");
+            return;
+        }
+    };
+    let builder = Arc::new(http_builder(&worker.settings));
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let tracker = Arc::new(Tracker::default());
+
+    let housekeeping = tokio::spawn({
+        let worker = worker.clone();
+        async move {
+            let mut flush = tokio::time::interval(FLUSH_INTERVAL);
+            let mut ticks = 0u64;
+            loop {
+                flush.tick().await;
+                worker.access_log.flush_thread();
+                ticks += 1;
+                if ticks % 100 == 0 {
+                    worker.pool.sweep();
+                }
+            }
+        }
+    });
+
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        tracker.open.fetch_add(1, Relaxed);
+        worker.metrics.connections_open.fetch_add(1, Relaxed);
+        worker.metrics.connections_total.fetch_add(1, Relaxed);
+        let guard = Tracked(tracker.clone(), worker.metrics.clone());
+        tokio::spawn(serve_connection(
+            tcp,
+            peer,
+            worker.clone(),
+            builder.clone(),
+            shutdown.clone(),
+            (permit, guard),
+        ));
+    }
+    drop(listener);
+
+    // Drain: connections got the shutdown signal and close once their requests are done.
+    let drained = async {
+        loop {
+            let closed = tracker.closed.notified();
+            if tracker.open.load(Relaxed) == 0 {
+                return;
+            }
+            closed.await;
+        }
+    };
+    if tokio::time::timeout(worker.settings.drain_timeout, drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = tracker.open.load(Relaxed),
+            "drain timeout reached; closing remaining connections"
+        );
+    }
+    housekeeping.abort();
+    worker.access_log.flush_thread();
+}
+
+async fn serve_connection<G: Send + 'static>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    worker: Arc<Worker>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut shutdown: watch::Receiver<bool>,
+    _guards: G,
+) {
+    let state = Arc::new(ConnState::new(peer));
+    let idle_timeout = worker.settings.idle_timeout;
+    let io = TokioIo::new(ActivityIo {
+        inner: tcp,
+        state: state.clone(),
+    });
+    let service = {
+        let state = state.clone();
+        service_fn(move |req| pipeline::handle(worker.clone(), state.clone(), req))
+    };
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    // The watchdog wakes a few times per idle period; cheap on tokio's timer wheel.
+    let mut watchdog = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(10)));
+    watchdog.tick().await;
+    let mut closing = *shutdown.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = shutdown.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = watchdog.tick(), if !closing => {
+                if state.idle_for() >= idle_timeout {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Marks the connection active whenever bytes move, for the idle watchdog.
+struct ActivityIo {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for ActivityIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.state.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for ActivityIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.state.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.state.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
