@@ -106,12 +106,9 @@ async fn run(
     // Phase 1 — route: the API from the Host, the stage from the first path segment, the route
     // from the rest of the path.
     let path = exchange.record.path.clone();
-    let routed = route(worker, config, &req, path.path())?;
+    let routed = route(worker, config, &req, path.path(), exchange)?;
     let route = &routed.stage.routes[routed.route];
-    exchange.record.api_id = Some(routed.stage.api_id.clone());
-    exchange.record.stage = Some(routed.stage.name.clone());
     exchange.record.route_key = Some(route.key.clone());
-    exchange.stage = Some(routed.stage.clone());
 
     // Phase 2 — request limits: a declared body over the limit is refused before any backend
     // is called (a chunked body is cut off by the integration's body stream instead).
@@ -146,6 +143,7 @@ fn route<'p>(
     config: &EdgeConfig,
     req: &Request<Incoming>,
     path: &'p str,
+    exchange: &mut Exchange,
 ) -> Result<Routed<'p>, RouteError> {
     let suffix = &worker.settings.domain_suffix;
     let host = request_host(req).unwrap_or("");
@@ -184,6 +182,11 @@ fn route<'p>(
             }
         },
     };
+    // Known from here on: a route miss is logged against the stage and answered with the
+    // stage's own gateway responses.
+    exchange.record.api_id = Some(stage.api_id.clone());
+    exchange.record.stage = Some(stage.name.clone());
+    exchange.stage = Some(stage.clone());
     match stage.router.find(req.method(), stage_path) {
         Some(m) => Ok(Routed {
             stage: stage.clone(),
