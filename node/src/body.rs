@@ -81,10 +81,10 @@ impl Body for ResponseBody {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Backend(body) => Pin::new(body).poll_frame(cx),
         };
-        if let (Poll::Ready(Some(Ok(frame))), Some(f)) = (&polled, this.finish.as_mut()) {
-            if let Some(d) = frame.data_ref() {
-                f.bytes += d.len() as u64;
-            }
+        if let (Poll::Ready(Some(Ok(frame))), Some(f)) = (&polled, this.finish.as_mut())
+            && let Some(d) = frame.data_ref()
+        {
+            f.bytes += d.len() as u64;
         }
         polled
     }

@@ -150,20 +150,20 @@ fn find<'p>(
         }
         params.truncate(mark);
     }
-    if let Some(child) = &node.param {
-        if !segment.is_empty() {
-            params.push(segment);
-            if let Some(r) = find(child, after, method, params) {
-                return Some(r);
-            }
-            params.pop();
-        }
-    }
-    if !segment.is_empty() {
-        if let Some(r) = node.greedy.get(method) {
-            params.push(rest.trim_end_matches('/'));
+    if let Some(child) = &node.param
+        && !segment.is_empty()
+    {
+        params.push(segment);
+        if let Some(r) = find(child, after, method, params) {
             return Some(r);
         }
+        params.pop();
+    }
+    if !segment.is_empty()
+        && let Some(r) = node.greedy.get(method)
+    {
+        params.push(rest.trim_end_matches('/'));
+        return Some(r);
     }
     None
 }
@@ -176,10 +176,10 @@ fn collect_methods(node: &Node, rest: &str, out: &mut Vec<String>) {
     if let Some(child) = node.literals.get(segment) {
         collect_methods(child, after, out);
     }
-    if let Some(child) = &node.param {
-        if !segment.is_empty() {
-            collect_methods(child, after, out);
-        }
+    if let Some(child) = &node.param
+        && !segment.is_empty()
+    {
+        collect_methods(child, after, out);
     }
     if !segment.is_empty() {
         node.greedy.collect(out);

@@ -228,7 +228,7 @@ async fn run_worker(
                 flush.tick().await;
                 worker.access_log.flush_thread();
                 ticks += 1;
-                if ticks % 100 == 0 {
+                if ticks.is_multiple_of(100) {
                     worker.pool.sweep();
                 }
             }

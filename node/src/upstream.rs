@@ -188,34 +188,24 @@ where
 }
 
 /// Tells a request body that broke the size limit, and one the client broke off, from a
-/// failing backend.
+/// failing backend. hyper reports errors of the body it was sending as "user" errors.
 fn classify(backend: &Backend, e: hyper::Error) -> IntegrationError {
     let mut source = e.source();
     while let Some(s) = source {
-        if let Some(limit) = s.downcast_ref::<http_body_util::LengthLimitError>() {
-            let _ = limit;
+        if s.is::<http_body_util::LengthLimitError>() {
+            // The caller knows the limit and fills it in.
             return IntegrationError::BodyTooLarge { limit: 0 };
-        }
-        if s.downcast_ref::<hyper::Error>()
-            .is_some_and(|h| h.is_incomplete_message() || h.is_body_write_aborted())
-            && e.is_user()
-        {
-            return IntegrationError::ClientBody {
-                reason: s.to_string(),
-            };
         }
         source = s.source();
     }
-    if e.is_user() {
-        if let Some(s) = e.source() {
-            return IntegrationError::ClientBody {
-                reason: s.to_string(),
-            };
-        }
-    }
-    IntegrationError::Backend {
-        backend: backend.key.to_string(),
-        reason: describe(&e),
+    match e.source() {
+        Some(s) if e.is_user() => IntegrationError::ClientBody {
+            reason: s.to_string(),
+        },
+        _ => IntegrationError::Backend {
+            backend: backend.key.to_string(),
+            reason: describe(&e),
+        },
     }
 }
 

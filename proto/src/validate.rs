@@ -293,13 +293,13 @@ fn validate_definition(
     }
     for (ty, r) in responses {
         let gp = format!("{p}.gateway_responses.{}", ty.as_str());
-        if let Some(s) = r.status {
-            if !(100..=599).contains(&s) {
-                errs.push(
-                    format!("{gp}.status"),
-                    format!("{s} is not an HTTP status (100-599)"),
-                );
-            }
+        if let Some(s) = r.status
+            && !(100..=599).contains(&s)
+        {
+            errs.push(
+                format!("{gp}.status"),
+                format!("{s} is not an HTTP status (100-599)"),
+            );
         }
         validate_headers(&format!("{gp}.headers"), &r.headers, errs);
         if r.body.as_ref().is_some_and(|b| b.len() > MAX_MOCK_BODY) {
@@ -360,13 +360,13 @@ fn validate_integration(p: &str, key: &RouteKey, ig: &Integration, errs: &mut Er
                 }
             },
         }
-        if let Some(m) = &ig.method {
-            if !is_method_token(m) {
-                errs.push(
-                    format!("{p}.method"),
-                    format!("{m:?} must be an upper-case HTTP method"),
-                );
-            }
+        if let Some(m) = &ig.method
+            && !is_method_token(m)
+        {
+            errs.push(
+                format!("{p}.method"),
+                format!("{m:?} must be an upper-case HTTP method"),
+            );
         }
         only("status", errs, ig.status.is_some(), "mock");
         only("headers", errs, !ig.headers.is_empty(), "mock");
@@ -374,13 +374,13 @@ fn validate_integration(p: &str, key: &RouteKey, ig: &Integration, errs: &mut Er
     } else {
         only("uri", errs, ig.uri.is_some(), "http_proxy and http");
         only("method", errs, ig.method.is_some(), "http_proxy and http");
-        if let Some(s) = ig.status {
-            if !(100..=599).contains(&s) {
-                errs.push(
-                    format!("{p}.status"),
-                    format!("{s} is not an HTTP status (100-599)"),
-                );
-            }
+        if let Some(s) = ig.status
+            && !(100..=599).contains(&s)
+        {
+            errs.push(
+                format!("{p}.status"),
+                format!("{s} is not an HTTP status (100-599)"),
+            );
         }
         validate_headers(&format!("{p}.headers"), &ig.headers, errs);
         if ig.body.as_ref().is_some_and(|b| b.len() > MAX_MOCK_BODY) {
