@@ -9,7 +9,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
@@ -41,7 +40,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
-    conn.in_flight.fetch_add(1, Relaxed);
+    conn.request_started();
     let request_id = request_id::for_request(req.headers());
     let config = worker.config.current();
     let mut exchange = Exchange {

@@ -7,7 +7,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -32,6 +32,12 @@ pub struct ConnState {
     pub peer: SocketAddr,
     pub in_flight: AtomicU32,
     last_activity_ms: AtomicU64,
+    /// When the first byte of an HTTP/1 request head arrived on an otherwise idle connection;
+    /// 0 while no head is pending. HTTP/2 connections (which open with the `PRI` preface)
+    /// never set it: their frames are not request heads.
+    head_started_ms: AtomicU64,
+    reads: AtomicU32,
+    is_h2: AtomicBool,
 }
 
 fn now_ms() -> u64 {
@@ -45,6 +51,37 @@ impl ConnState {
             peer,
             in_flight: AtomicU32::new(0),
             last_activity_ms: AtomicU64::new(now_ms()),
+            head_started_ms: AtomicU64::new(0),
+            reads: AtomicU32::new(0),
+            is_h2: AtomicBool::new(false),
+        }
+    }
+
+    /// Called when a request's head has been parsed.
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+        self.head_started_ms.store(0, Relaxed);
+    }
+
+    fn bytes_read(&self, first_bytes: &[u8]) {
+        let now = now_ms();
+        self.last_activity_ms.store(now, Relaxed);
+        if self.reads.fetch_add(1, Relaxed) == 0 && first_bytes.starts_with(b"PRI ") {
+            self.is_h2.store(true, Relaxed);
+        }
+        if !self.is_h2.load(Relaxed)
+            && self.in_flight.load(Relaxed) == 0
+            && self.head_started_ms.load(Relaxed) == 0
+        {
+            self.head_started_ms.store(now, Relaxed);
+        }
+    }
+
+    /// How long a request head has been arriving without being complete.
+    fn head_pending_for(&self) -> Duration {
+        match self.head_started_ms.load(Relaxed) {
+            0 => Duration::ZERO,
+            started => Duration::from_millis(now_ms().saturating_sub(started)),
         }
     }
 
@@ -169,7 +206,10 @@ fn http_builder(settings: &EdgeSettings) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
+        // hyper's own header-read timer also runs while a keep-alive connection waits for its
+        // next request, which would cap the idle timeout; the connection watchdog enforces
+        // both instead.
+        .header_read_timeout(None)
         // hyper refuses buffers under 8 KiB.
         .max_buf_size(settings.max_header_bytes.max(8192))
         .max_headers(128)
@@ -301,6 +341,7 @@ async fn serve_connection<G: Send + 'static>(
 ) {
     let state = Arc::new(ConnState::new(peer));
     let idle_timeout = worker.settings.idle_timeout;
+    let header_timeout = worker.settings.header_read_timeout;
     let io = TokioIo::new(ActivityIo {
         inner: tcp,
         state: state.clone(),
@@ -312,7 +353,9 @@ async fn serve_connection<G: Send + 'static>(
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     // The watchdog wakes a few times per idle period; cheap on tokio's timer wheel.
-    let mut watchdog = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(10)));
+    let mut watchdog = tokio::time::interval(
+        (idle_timeout.min(header_timeout) / 4).max(Duration::from_millis(10)),
+    );
     watchdog.tick().await;
     let mut closing = *shutdown.borrow();
     if closing {
@@ -330,8 +373,14 @@ async fn serve_connection<G: Send + 'static>(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = watchdog.tick(), if !closing => {
-                if state.idle_for() >= idle_timeout {
+            _ = watchdog.tick() => {
+                if state.head_pending_for() >= header_timeout {
+                    // A client that trickles its request head (or never finishes it) is cut
+                    // off outright: there is no request to finish.
+                    tracing::debug!(peer = %peer, "request head not complete in time; closing");
+                    break;
+                }
+                if !closing && state.idle_for() >= idle_timeout {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
@@ -355,7 +404,7 @@ impl AsyncRead for ActivityIo {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.state.touch();
+            self.state.bytes_read(&buf.filled()[before..]);
         }
         polled
     }
