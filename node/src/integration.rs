@@ -1,6 +1,5 @@
 //! Phase "integrate": build the backend request, call it, shape its response.
 
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
@@ -31,7 +30,8 @@ pub struct CallContext<'a> {
     /// The request path below the stage, e.g. `/pets/7`.
     pub stage_path: &'a str,
     pub request_id: &'a HeaderValue,
-    pub client_ip: IpAddr,
+    /// The client's address, ready for X-Forwarded-For.
+    pub client_ip: &'a HeaderValue,
     pub scheme: &'static str,
 }
 
@@ -49,11 +49,16 @@ pub async fn call(
     req: Request<Incoming>,
 ) -> Result<Outcome, IntegrationError> {
     match integration {
-        CompiledIntegration::Mock(mock) => Ok(Outcome {
-            response: mock_response(mock),
-            backend: None,
-            latency: None,
-        }),
+        CompiledIntegration::Mock(mock) => {
+            // Read the request body to its end before answering, so the connection stays
+            // usable and a client still uploading does not see a reset.
+            drain(worker, req.into_body()).await?;
+            Ok(Outcome {
+                response: mock_response(mock),
+                backend: None,
+                latency: None,
+            })
+        }
         CompiledIntegration::HttpProxy(call) => {
             let (parts, body) = req.into_parts();
             let upstream = proxy_request(call, ctx, parts, limit(worker, body))?;
@@ -76,6 +81,25 @@ pub async fn call(
             })
         }
     }
+}
+
+async fn drain(worker: &Worker, body: Incoming) -> Result<(), IntegrationError> {
+    use http_body_util::BodyExt;
+    let mut body = limit(worker, body);
+    while let Some(frame) = body.frame().await {
+        if let Err(e) = frame {
+            return Err(if e.is::<http_body_util::LengthLimitError>() {
+                IntegrationError::BodyTooLarge {
+                    limit: worker.settings.max_body_bytes,
+                }
+            } else {
+                IntegrationError::ClientBody {
+                    reason: e.to_string(),
+                }
+            });
+        }
+    }
+    Ok(())
 }
 
 fn limit(worker: &Worker, body: Incoming) -> UpstreamBody {
@@ -153,27 +177,44 @@ fn http_request(
             headers.insert(name, v.clone());
         }
     }
-    let lookup = |source: &Source| -> Option<String> {
+    // Path parameters and client query values arrive percent-encoded and are passed on as
+    // they came; the other sources are plain text.
+    let lookup = |source: &Source| -> Option<Mapped> {
         match source {
-            Source::Param(i) => ctx.params.get(*i).map(|s| s.to_string()),
-            Source::Query(name) => query_value(parts.uri.query(), name).map(str::to_string),
+            Source::Param(i) => ctx.params.get(*i).map(|s| Mapped::Encoded(s.to_string())),
+            Source::Query(name) => {
+                query_value(parts.uri.query(), name).map(|v| Mapped::Encoded(v.to_string()))
+            }
             Source::Header(h) => client
                 .get(h)
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-            Source::RequestId => ctx.request_id.to_str().ok().map(str::to_string),
-            Source::Static(s) => Some(s.clone()),
+                .map(|v| Mapped::Plain(v.to_string())),
+            Source::RequestId => ctx
+                .request_id
+                .to_str()
+                .ok()
+                .map(|v| Mapped::Plain(v.to_string())),
+            Source::Static(s) => Some(Mapped::Plain(s.clone())),
         }
     };
     for (name, source) in &http.headers {
-        if let Some(v) = lookup(source).and_then(|v| HeaderValue::from_str(&v).ok()) {
+        let value = lookup(source).map(Mapped::into_inner);
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
             headers.insert(name.clone(), v);
         }
     }
-    let query: Vec<(String, String)> = http
+    let query: Vec<String> = http
         .query
         .iter()
-        .filter_map(|(name, source)| lookup(source).map(|v| (name.clone(), v)))
+        .filter_map(|(name, source)| {
+            lookup(source).map(|m| {
+                let value = match m {
+                    Mapped::Encoded(v) => v,
+                    Mapped::Plain(v) => percent_encode(&v),
+                };
+                format!("{}={value}", percent_encode(name))
+            })
+        })
         .collect();
     let original_host = original_host(&parts.uri, client);
     add_forwarding_headers(&http.call, ctx, &mut headers, original_host);
@@ -231,12 +272,20 @@ fn add_forwarding_headers(
     original_host: Option<HeaderValue>,
 ) {
     headers.insert(header::HOST, call.backend.host_header.clone());
-    let ip = ctx.client_ip.to_string();
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => HeaderValue::from_str(&format!("{prior}, {ip}")),
-        None => HeaderValue::from_str(&ip),
+    // Every X-Forwarded-For field the client sent is kept, in order, then this hop's client.
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+        None => Some(ctx.client_ip.clone()),
+        Some(_) => {
+            let mut chain: Vec<&[u8]> = headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect();
+            chain.push(ctx.client_ip.as_bytes());
+            HeaderValue::from_bytes(&chain.join(&b", "[..])).ok()
+        }
     };
-    if let Ok(v) = forwarded_for {
+    if let Some(v) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(
@@ -252,6 +301,11 @@ fn add_forwarding_headers(
 /// Connection-level headers never cross a proxy (RFC 9110 §7.6.1), including any that the
 /// `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Almost no message carries one; a scan of the few names present is much cheaper than
+    // hashing each hop-by-hop name for a removal.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -276,13 +330,24 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHENTICATE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// The backend path: the template with path parameters filled in, the request path appended
 /// for `$default` routes, and the template's, the client's and mapped query strings joined.
 fn render_path(
     call: &BackendCall,
     ctx: &CallContext<'_>,
     client_query: Option<&str>,
-    mapped_query: &[(String, String)],
+    mapped_query: &[String],
 ) -> Result<PathAndQuery, IntegrationError> {
     let mut s = String::with_capacity(128);
     for part in &call.path {
@@ -324,13 +389,26 @@ fn render_path(
     if let Some(q) = client_query {
         push_query(&mut s, q);
     }
-    for (k, v) in mapped_query {
-        let pair = format!("{}={}", percent_encode(k), percent_encode(v));
-        push_query(&mut s, &pair);
+    for pair in mapped_query {
+        push_query(&mut s, pair);
     }
     PathAndQuery::try_from(s).map_err(|e| IntegrationError::Misconfigured {
         reason: format!("the backend path is not a valid URI path: {e}"),
     })
+}
+
+/// A mapped request value, and whether it is already percent-encoded.
+enum Mapped {
+    Encoded(String),
+    Plain(String),
+}
+
+impl Mapped {
+    fn into_inner(self) -> String {
+        match self {
+            Mapped::Encoded(v) | Mapped::Plain(v) => v,
+        }
+    }
 }
 
 fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
@@ -379,7 +457,7 @@ mod tests {
             params,
             stage_path,
             request_id: id,
-            client_ip: "10.0.0.1".parse().unwrap(),
+            client_ip: id,
             scheme: "http",
         }
     }
@@ -399,7 +477,7 @@ mod tests {
             &c,
             &ctx(&["7"], "/x", &id),
             Some("a=b"),
-            &[("q".into(), "x y".into())],
+            &["q=x%20y".into()],
         )
         .unwrap();
         assert_eq!(p.as_str(), "/pets/7?v=1&a=b&q=x%20y");

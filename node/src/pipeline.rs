@@ -118,7 +118,7 @@ async fn run(
         params: &routed.params,
         stage_path: routed.stage_path,
         request_id: &exchange.record.request_id,
-        client_ip: conn.peer.ip(),
+        client_ip: &conn.peer_ip,
         scheme: "http",
     };
     let outcome = integration::call(worker, &route.integration, &ctx, req).await?;

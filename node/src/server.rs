@@ -30,6 +30,8 @@ use crate::worker::Worker;
 /// Per-connection state the pipeline and the idle watchdog share.
 pub struct ConnState {
     pub peer: SocketAddr,
+    /// The peer's IP as a header value, built once per connection for X-Forwarded-For.
+    pub peer_ip: http::HeaderValue,
     pub in_flight: AtomicU32,
     last_activity_ms: AtomicU64,
     /// When the first byte of an HTTP/1 request head arrived on an otherwise idle connection;
@@ -49,6 +51,8 @@ impl ConnState {
     fn new(peer: SocketAddr) -> ConnState {
         ConnState {
             peer,
+            peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
             in_flight: AtomicU32::new(0),
             last_activity_ms: AtomicU64::new(now_ms()),
             head_started_ms: AtomicU64::new(0),

@@ -120,6 +120,11 @@ impl ConfigStore {
             h.finish()
         };
         if *self.applied_hash.lock().unwrap_or_else(|p| p.into_inner()) == Some(hash) {
+            // The file is back to what is serving: whatever was rejected meanwhile is moot.
+            self.status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .last_error = None;
             return Ok(None);
         }
         let doc = parse_document(&text, Format::from_path(path)).map_err(|source| {

@@ -5,7 +5,6 @@
 //! Built on hyper's `client::conn::http1` directly: the pool key is precomputed at config
 //! compile time, and no URI is re-parsed per request.
 
-use std::collections::HashMap;
 use std::error::Error as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +13,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use rustc_hash::FxHashMap;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
@@ -25,7 +25,7 @@ use crate::error::IntegrationError;
 const MAX_IDLE_PER_BACKEND: usize = 256;
 
 pub struct UpstreamPool {
-    idle: Mutex<HashMap<Arc<str>, Vec<Idle>>>,
+    idle: Mutex<FxHashMap<Arc<str>, Vec<Idle>>>,
     idle_timeout: Duration,
     tls: tokio_rustls::TlsConnector,
 }
@@ -52,7 +52,7 @@ impl PooledConnection {
 impl UpstreamPool {
     pub fn new(idle_timeout: Duration, tls: Arc<rustls::ClientConfig>) -> UpstreamPool {
         UpstreamPool {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(FxHashMap::default()),
             idle_timeout,
             tls: tokio_rustls::TlsConnector::from(tls),
         }
@@ -71,7 +71,8 @@ impl UpstreamPool {
             let reused = pooled.is_some();
             let mut sender = match pooled.take() {
                 Some(s) => s,
-                None => self.connect(backend).await?,
+                // Boxed: the TLS handshake makes this future large, and it is the rare path.
+                None => Box::pin(self.connect(backend)).await?,
             };
             if sender.ready().await.is_err() && reused {
                 continue;

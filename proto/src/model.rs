@@ -186,6 +186,11 @@ pub struct Stage {
     /// A deployment id of this API. When absent the stage serves the API's current definition.
     #[serde(default)]
     pub deployment: Option<String>,
+    /// Control plane: every change of the API's definition becomes a new deployment that this
+    /// stage then serves, so each change stays in the history. (A standalone edge serves the
+    /// current definition either way.)
+    #[serde(default)]
+    pub auto_deploy: bool,
     #[serde(default)]
     pub variables: BTreeMap<String, String>,
 }
@@ -195,7 +200,9 @@ pub struct Stage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum GatewayResponseType {
+    #[serde(rename = "DEFAULT_4XX")]
     Default4xx,
+    #[serde(rename = "DEFAULT_5XX")]
     Default5xx,
     AccessDenied,
     ApiConfigurationError,

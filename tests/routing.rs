@@ -1,0 +1,256 @@
+//! Routing end to end: which route a request reaches, what the backend is asked for, and the
+//! 404s of requests that reach nothing.
+
+mod common;
+
+use common::{Backend, Edge, config, get, request, runtime, send};
+
+const ROUTES: &str = r#"
+apis:
+  - id: shop
+    kind: http
+    routes:
+      # Declared in reverse precedence on purpose: the file order must not matter.
+      - key: $default
+        integration:
+          type: http_proxy
+          uri: http://${stageVariables.b}
+      - key: GET /items/{proxy+}
+        integration:
+          type: http_proxy
+          uri: http://${stageVariables.b}/greedy/{proxy}
+      - key: GET /items/{id}
+        integration:
+          type: http_proxy
+          uri: http://${stageVariables.b}/param/{id}
+      - key: GET /items/special
+        integration:
+          type: http_proxy
+          uri: http://${stageVariables.b}/exact
+      - key: GET /items/{id}/reviews/{review}
+        integration:
+          type: http_proxy
+          uri: http://${stageVariables.b}/review/{review}/of/{id}
+      - key: ANY /things/{id}
+        integration:
+          type: http_proxy
+          uri: http://${stageVariables.b}/any/{id}
+      - key: POST /things/{id}
+        integration:
+          type: http_proxy
+          uri: http://${stageVariables.b}/post/{id}
+    stages:
+      - name: prod
+        variables:
+          b: "{B}"
+  - id: strict
+    kind: http
+    routes:
+      - key: GET /only
+        integration:
+          type: mock
+          body: only
+      - key: POST /writes
+        integration:
+          type: mock
+          body: written
+    stages:
+      - name: prod
+      - name: beta
+"#;
+
+/// The path and query the backend saw, from its echo.
+fn backend_target(body: &serde_json::Value) -> (String, Option<String>) {
+    (
+        body["path"].as_str().unwrap_or_default().to_string(),
+        body["query"].as_str().map(str::to_string),
+    )
+}
+
+#[test]
+fn route_precedence_exact_param_greedy_default_and_any() {
+    let backend = Backend::start();
+    let edge = Edge::start(&config(ROUTES, backend.addr));
+    let rt = runtime();
+    rt.block_on(async {
+        // (method, request path, backend path, backend query)
+        let cases: &[(&str, &str, &str, Option<&str>)] = &[
+            // exact beats {param}
+            ("GET", "/prod/items/special", "/exact", None),
+            // {param} beats {proxy+}
+            ("GET", "/prod/items/42", "/param/42", None),
+            (
+                "GET",
+                "/prod/items/42?x=1&y=two",
+                "/param/42",
+                Some("x=1&y=two"),
+            ),
+            // path parameter values reach the backend as sent (still percent-encoded)
+            ("GET", "/prod/items/a%20b", "/param/a%20b", None),
+            // two parameters, rendered in the template's order
+            ("GET", "/prod/items/7/reviews/3", "/review/3/of/7", None),
+            // greedy takes every remaining segment
+            ("GET", "/prod/items/42/x/y", "/greedy/42/x/y", None),
+            (
+                "GET",
+                "/prod/items/special/deeper",
+                "/greedy/special/deeper",
+                None,
+            ),
+            // explicit methods beat ANY on the same path, ANY takes the rest
+            ("POST", "/prod/things/9", "/post/9", None),
+            ("GET", "/prod/things/9", "/any/9", None),
+            ("DELETE", "/prod/things/9", "/any/9", None),
+            // $default gets what nothing else matched, with the full path and query
+            (
+                "GET",
+                "/prod/other/deep/path?q=1",
+                "/other/deep/path",
+                Some("q=1"),
+            ),
+            // a method without a route at a matching path falls through to $default
+            ("DELETE", "/prod/items/42", "/items/42", None),
+            ("GET", "/prod", "/", None),
+        ];
+        for (method, path, want_path, want_query) in cases {
+            let r = send(
+                edge.addr,
+                request(&edge, method, "shop", path, &[], bytes::Bytes::new()),
+            )
+            .await
+            .unwrap();
+            assert_eq!(r.status, 200, "{method} {path}: {}", r.text());
+            let (got_path, got_query) = backend_target(&r.json());
+            assert_eq!(
+                (got_path.as_str(), got_query.as_deref()),
+                (*want_path, *want_query),
+                "{method} {path} reached the wrong backend target"
+            );
+            assert_eq!(r.json()["method"], *method, "{method} {path}: method");
+        }
+    });
+    // Every case above reached the backend exactly once.
+    assert_eq!(backend.seen().len(), 13);
+}
+
+#[test]
+fn a_miss_is_a_404_naming_the_api_stage_and_path() {
+    let backend = Backend::start();
+    let edge = Edge::start(&config(ROUTES, backend.addr));
+    let rt = runtime();
+    rt.block_on(async {
+        let r = get(&edge, "strict", "/prod/nothing/here").await.unwrap();
+        assert_eq!(r.status, 404, "{}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let body = r.json();
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("no route"), "{message}");
+        assert!(message.contains("\"strict\""), "names the API: {message}");
+        assert!(message.contains("\"prod\""), "names the stage: {message}");
+        assert!(message.contains("GET /nothing/here"), "{message}");
+        assert_eq!(body["type"], "RESOURCE_NOT_FOUND");
+        assert_eq!(body["requestId"], r.request_id());
+
+        // The other stage is named when the miss happens there.
+        let r = get(&edge, "strict", "/beta/nothing").await.unwrap();
+        assert_eq!(r.status, 404);
+        let message = r.json()["message"].as_str().unwrap().to_string();
+        assert!(
+            message.contains("\"beta\"") && message.contains("no route"),
+            "{message}"
+        );
+
+        // A path whose only route has another method says which methods it accepts.
+        let r = get(&edge, "strict", "/prod/writes").await.unwrap();
+        assert_eq!(r.status, 404);
+        let message = r.json()["message"].as_str().unwrap().to_string();
+        assert!(
+            message.contains("POST"),
+            "lists the allowed method: {message}"
+        );
+
+        // An unknown stage names the known ones.
+        let r = get(&edge, "strict", "/gamma/only").await.unwrap();
+        assert_eq!(r.status, 404);
+        let body = r.json();
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("\"gamma\""), "{message}");
+        assert!(message.contains("beta, prod"), "{message}");
+        assert_eq!(body["type"], "RESOURCE_NOT_FOUND");
+
+        // An unknown API.
+        let r = get(&edge, "nosuchapi", "/prod/only").await.unwrap();
+        assert_eq!(r.status, 404);
+        let message = r.json()["message"].as_str().unwrap().to_string();
+        assert!(message.contains("nosuchapi"), "{message}");
+
+        // A Host outside the domain suffix.
+        let r = send(
+            edge.addr,
+            http::Request::builder()
+                .uri("/prod/only")
+                .header("host", "example.com")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 404);
+        assert_eq!(r.json()["type"], "RESOURCE_NOT_FOUND");
+        r.request_id();
+
+        // And the routes that exist still answer.
+        let r = get(&edge, "strict", "/prod/only").await.unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "only"));
+    });
+    assert!(backend.seen().is_empty(), "no miss may reach a backend");
+}
+
+const ROOT_STAGE: &str = r#"
+apis:
+  - id: root
+    kind: http
+    routes:
+      - key: GET /hello
+        integration:
+          type: mock
+          body: hello from ${stage}
+      - key: GET /v2/hello
+        integration:
+          type: mock
+          body: a route named like a stage
+    stages:
+      - name: $default
+      - name: v2
+"#;
+
+#[test]
+fn the_default_stage_serves_the_root_path_and_named_stages_their_prefix() {
+    let edge = Edge::start(ROOT_STAGE);
+    let rt = runtime();
+    rt.block_on(async {
+        let r = get(&edge, "root", "/hello").await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        // A named stage takes its prefix first.
+        let r = get(&edge, "root", "/v2/hello").await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), "hello from ${stage}");
+        let r = get(&edge, "root", "/missing").await.unwrap();
+        assert_eq!(r.status, 404);
+        let message = r.json()["message"].as_str().unwrap().to_string();
+        assert!(message.contains("$default"), "{message}");
+    });
+    // Both stages count apart.
+    assert_eq!(
+        edge.wait_metric(
+            "portico_requests_total{api=\"root\",stage=\"$default\"}",
+            2.0,
+            std::time::Duration::from_secs(2)
+        ),
+        2.0
+    );
+    assert_eq!(
+        edge.metric("portico_requests_total{api=\"root\",stage=\"v2\"}"),
+        1.0
+    );
+}
