@@ -4,7 +4,7 @@
 //! substituted, backend authorities parsed, header names built, regexes compiled. A request
 //! then only fills in path parameters.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use portico_proto::{
     IntegrationType, Route, RouteKey, Stage, TemplatePart, UriTemplate, ValidationErrors,
 };
 use regex::Regex;
+use rustc_hash::FxHashMap;
 
 use crate::metrics::{Metrics, StageMetrics};
 use crate::router::Router;
@@ -26,14 +27,14 @@ use crate::router::Router;
 #[derive(Debug, Default)]
 pub struct EdgeConfig {
     pub revision: u64,
-    pub apis: HashMap<String, CompiledApi>,
+    pub apis: FxHashMap<String, CompiledApi>,
 }
 
 #[derive(Debug)]
 pub struct CompiledApi {
     pub id: Arc<str>,
     pub kind: ApiKind,
-    pub stages: HashMap<String, Arc<CompiledStage>>,
+    pub stages: FxHashMap<String, Arc<CompiledStage>>,
     /// The `$default` stage, served at the root path.
     pub default_stage: Option<Arc<CompiledStage>>,
 }
@@ -136,13 +137,13 @@ pub fn compile(
 ) -> Result<EdgeConfig, ValidationErrors> {
     doc.validate()?;
     let mut errors = Vec::new();
-    let mut apis = HashMap::with_capacity(doc.apis.len());
+    let mut apis = FxHashMap::default();
     for (i, api) in doc.apis.iter().enumerate() {
         let api_id: Arc<str> = api.id.as_str().into();
         let mut compiled = CompiledApi {
             id: api_id.clone(),
             kind: api.kind,
-            stages: HashMap::new(),
+            stages: FxHashMap::default(),
             default_stage: None,
         };
         for (j, stage) in api.stages.iter().enumerate() {

@@ -299,33 +299,33 @@ fn add_forwarding_headers(
 }
 
 /// Connection-level headers never cross a proxy (RFC 9110 §7.6.1), including any that the
-/// `Connection` header names.
+/// `Connection` header names. Only names actually present are removed: most backends send
+/// `Connection: keep-alive` on every response, and a removal per hop-by-hop name would hash
+/// each of them every time.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Almost no message carries one; a scan of the few names present is much cheaper than
-    // hashing each hop-by-hop name for a removal.
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
         .collect();
-    for name in named {
-        headers.remove(name);
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            // "close" is no header, and "keep-alive" is already on the list when present.
+            if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+                && headers.contains_key(&name)
+            {
+                doomed.push(name);
+            }
+        }
     }
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::PROXY_AUTHENTICATE,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-    ] {
+    for name in doomed {
         headers.remove(name);
     }
 }

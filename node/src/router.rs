@@ -4,10 +4,9 @@
 //! path an explicit method beats `ANY`; `$default` catches whatever nothing else matched. The
 //! search backtracks, so `/a/b` still reaches `GET /{x}/b` when `GET /a/{y}` exists only for POST.
 
-use std::collections::HashMap;
-
 use http::Method;
 use portico_proto::{PathSegment, RouteKey, RouteMethod};
+use rustc_hash::FxHashMap;
 
 /// Index of a route in the stage's route list.
 pub type RouteIndex = usize;
@@ -20,7 +19,7 @@ pub struct Router {
 
 #[derive(Debug, Default)]
 struct Node {
-    literals: HashMap<Box<str>, Node>,
+    literals: FxHashMap<Box<str>, Node>,
     param: Option<Box<Node>>,
     /// Routes ending in a greedy parameter at this depth.
     greedy: Methods,

@@ -356,11 +356,15 @@ async fn serve_connection<G: Send + 'static>(
     };
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
-    // The watchdog wakes a few times per idle period; cheap on tokio's timer wheel.
-    let mut watchdog = tokio::time::interval(
-        (idle_timeout.min(header_timeout) / 4).max(Duration::from_millis(10)),
-    );
-    watchdog.tick().await;
+    // The deadlines are watched by a task of their own: a timer polled inside this loop would
+    // be re-polled on every request the connection serves.
+    let (verdict_tx, mut verdict) = tokio::sync::oneshot::channel();
+    let watchdog = tokio::spawn(watch_deadlines(
+        state.clone(),
+        idle_timeout,
+        header_timeout,
+        verdict_tx,
+    ));
     let mut closing = *shutdown.borrow();
     if closing {
         conn.as_mut().graceful_shutdown();
@@ -377,18 +381,48 @@ async fn serve_connection<G: Send + 'static>(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = watchdog.tick() => {
-                if state.head_pending_for() >= header_timeout {
+            v = &mut verdict, if !closing => match v {
+                Ok(Deadline::HeadTooSlow) => {
                     // A client that trickles its request head (or never finishes it) is cut
                     // off outright: there is no request to finish.
                     tracing::debug!(peer = %peer, "request head not complete in time; closing");
                     break;
                 }
-                if !closing && state.idle_for() >= idle_timeout {
+                Ok(Deadline::Idle) | Err(_) => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-            }
+            },
+        }
+    }
+    watchdog.abort();
+}
+
+enum Deadline {
+    Idle,
+    HeadTooSlow,
+}
+
+/// Wakes a few times per deadline (cheap on tokio's timer wheel) and reports the first one
+/// that passes.
+async fn watch_deadlines(
+    state: Arc<ConnState>,
+    idle_timeout: Duration,
+    header_timeout: Duration,
+    verdict: tokio::sync::oneshot::Sender<Deadline>,
+) {
+    let mut tick = tokio::time::interval(
+        (idle_timeout.min(header_timeout) / 4).max(Duration::from_millis(10)),
+    );
+    loop {
+        tick.tick().await;
+        if state.head_pending_for() >= header_timeout {
+            let _ = verdict.send(Deadline::HeadTooSlow);
+            return;
+        }
+        if state.idle_for() >= idle_timeout {
+            let _ = verdict.send(Deadline::Idle);
+            return;
         }
     }
 }
