@@ -39,6 +39,20 @@ pub enum Command {
     Edge(EdgeArgs),
     /// Run everything in one process with a demo API; no set-up.
     Dev(DevArgs),
+    /// Create or update what a declarative file describes (idempotent).
+    Apply(crate::commands::ApplyArgs),
+    /// Show APIs, deployments or tokens.
+    Get(crate::commands::GetArgs),
+    /// Delete an API (with its deployments) or a token.
+    Delete(crate::commands::DeleteArgs),
+    /// Freeze an API's current definition as a deployment and point a stage at it.
+    Deploy(crate::commands::DeployArgs),
+    /// The control plane's members and health.
+    #[command(subcommand)]
+    Cluster(crate::commands::ClusterCommand),
+    /// Admin API tokens.
+    #[command(subcommand)]
+    Token(crate::commands::TokenCommand),
 }
 
 #[derive(Args, Debug)]

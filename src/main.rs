@@ -1,7 +1,9 @@
 //! The `portico` binary: command-line glue only. The edge lives in `portico-node`, the model in
 //! `portico-proto`.
 
+mod admin_client;
 mod cli;
+mod commands;
 mod dev;
 mod echo;
 mod edge;
@@ -17,6 +19,12 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         cli::Command::Edge(args) => edge::run(args),
         cli::Command::Dev(args) => dev::run(args),
+        cli::Command::Apply(args) => commands::apply(args),
+        cli::Command::Get(args) => commands::get(args),
+        cli::Command::Delete(args) => commands::delete(args),
+        cli::Command::Deploy(args) => commands::deploy(args),
+        cli::Command::Cluster(c) => commands::cluster(c),
+        cli::Command::Token(c) => commands::token(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

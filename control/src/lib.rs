@@ -1,6 +1,7 @@
 //! portico-control: the control plane. The replicated state machine ([`state`]) is a pure
 //! function of the log; snapshots ([`snapshot`]) are versioned encodings of it.
 
+pub mod admin;
 pub mod raft;
 pub mod snapshot;
 pub mod state;

@@ -46,25 +46,34 @@ impl DocumentError {
 
 /// Parses and validates; nothing partial ever comes out.
 pub fn parse_document(text: &str, format: Format) -> Result<Document, DocumentError> {
-    if text.len() > MAX_DOCUMENT_BYTES {
-        return Err(DocumentError::TooLarge(text.len()));
-    }
-    let doc: Document = match format {
-        Format::Json => {
-            let mut de = serde_json::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(&mut de).map_err(parse_error)?
-        }
-        Format::Yaml => {
-            if text.trim().is_empty() {
-                Document::default()
-            } else {
-                let de = serde_norway::Deserializer::from_str(text);
-                serde_path_to_error::deserialize(de).map_err(parse_error)?
-            }
-        }
+    let doc: Document = if format == Format::Yaml && text.trim().is_empty() {
+        Document::default()
+    } else {
+        parse_value(text, format)?
     };
     doc.validate()?;
     Ok(doc)
+}
+
+/// Parses any model type (an API, a document, a request body) without validating it; errors
+/// carry the field path.
+pub fn parse_value<T: serde::de::DeserializeOwned>(
+    text: &str,
+    format: Format,
+) -> Result<T, DocumentError> {
+    if text.len() > MAX_DOCUMENT_BYTES {
+        return Err(DocumentError::TooLarge(text.len()));
+    }
+    match format {
+        Format::Json => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(&mut de).map_err(parse_error)
+        }
+        Format::Yaml => {
+            let de = serde_norway::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(parse_error)
+        }
+    }
 }
 
 fn parse_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> DocumentError {

@@ -1,0 +1,205 @@
+//! The admin API: JSON over HTTP under `/v1/`, bearer tokens with roles.
+//!
+//! Any control node answers. Writes, and reads that ask for linearizability (the default), run
+//! on the leader: a follower forwards the request as it came and relays the answer. With no
+//! leader (no quorum) the answer is 503 with `Retry-After`, within a bounded time.
+
+pub mod auth;
+mod openapi;
+mod routes;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::state::{Applied, Command, Rejection, State};
+
+pub use routes::handle;
+
+/// Request bodies larger than this are refused (a declarative document is at most 16 MiB).
+pub const MAX_BODY: usize = portico_proto::document::MAX_DOCUMENT_BYTES + 64 * 1024;
+/// How long a write may wait for its commit before the client is told to retry.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Marks a request a follower forwarded, so it is never forwarded twice.
+pub const FORWARDED: &str = "x-portico-forwarded";
+
+/// What the admin API needs from the control node it runs on.
+pub trait Backend: Send + Sync + 'static {
+    /// The applied state, as of now on this node.
+    fn state(&self) -> Arc<State>;
+    /// Proposes a command (this node must be the leader) and waits until it is applied here.
+    fn propose(
+        &self,
+        command: Command,
+    ) -> impl Future<Output = Result<Applied, ProposeError>> + Send;
+    /// Waits until this node's state reflects every write committed before the call.
+    fn read_barrier(&self) -> impl Future<Output = Result<(), ProposeError>> + Send;
+    /// Members, leader, term, indexes and lag, as JSON.
+    fn cluster_status(&self) -> serde_json::Value;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader; the leader's admin address when one is known.
+    #[error("this node is not the leader")]
+    NotLeader { leader_admin: Option<String> },
+    #[error("no quorum: the write could not be committed in time")]
+    NoQuorum,
+    #[error("{0}")]
+    Rejected(Rejection),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub async fn serve<B: Backend>(listener: TcpListener, backend: Arc<B>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let backend = backend.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let backend = backend.clone();
+                async move { Ok::<_, Infallible>(respond(backend, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(tcp), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(peer = %peer, error = %e, "admin connection error");
+            }
+        });
+    }
+}
+
+async fn respond<B: Backend>(backend: Arc<B>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                &format!("the request body could not be read or exceeds {MAX_BODY} bytes: {e}"),
+                &[],
+            );
+        }
+    };
+    let req = Request::from_parts(parts, body);
+    match routes::handle(backend.as_ref(), &req).await {
+        Outcome::Done(response) => response,
+        Outcome::Forward { leader_admin } => forward(&req, leader_admin).await,
+    }
+}
+
+/// What a route handler decided.
+pub enum Outcome {
+    Done(Response<Full<Bytes>>),
+    /// Only the leader can answer; relay the request to it.
+    Forward {
+        leader_admin: Option<String>,
+    },
+}
+
+async fn forward(req: &Request<Bytes>, leader_admin: Option<String>) -> Response<Full<Bytes>> {
+    let Some(leader) = leader_admin else {
+        return unavailable("no leader is known (no quorum?); retry shortly");
+    };
+    if req.headers().contains_key(FORWARDED) {
+        return unavailable("leadership is changing; retry shortly");
+    }
+    let relay = async {
+        let tcp = tokio::net::TcpStream::connect(&leader).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+                .await
+                .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        let mut out = Request::builder()
+            .method(req.method())
+            .uri(req.uri().path_and_query().map_or("/", |p| p.as_str()))
+            .header(header::HOST, leader.as_str())
+            .header(FORWARDED, "1");
+        for name in [
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+        ] {
+            if let Some(v) = req.headers().get(&name) {
+                out = out.header(name, v);
+            }
+        }
+        let out = out
+            .body(Full::new(req.body().clone()))
+            .map_err(std::io::Error::other)?;
+        let resp = sender
+            .send_request(out)
+            .await
+            .map_err(std::io::Error::other)?;
+        let (parts, body) = resp.into_parts();
+        let body = Limited::new(body, MAX_BODY)
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        Ok::<_, std::io::Error>(Response::from_parts(parts, Full::new(body)))
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT + Duration::from_secs(1), relay).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => unavailable(&format!("the leader at {leader} could not be reached: {e}")),
+        Err(_) => unavailable(&format!("the leader at {leader} did not answer in time")),
+    }
+}
+
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// `{"error": {"type", "message", "fields": [{"path", "message"}]}}`.
+pub fn error(
+    status: StatusCode,
+    kind: &str,
+    message: &str,
+    fields: &[(String, String)],
+) -> Response<Full<Bytes>> {
+    let fields: Vec<_> = fields
+        .iter()
+        .map(|(p, m)| json!({"path": p, "message": m}))
+        .collect();
+    json_response(
+        status,
+        &json!({"error": {"type": kind, "message": message, "fields": fields}}),
+    )
+}
+
+pub fn unavailable(message: &str) -> Response<Full<Bytes>> {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message, &[]);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
