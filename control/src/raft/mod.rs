@@ -5,6 +5,8 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+pub mod store;
+
 openraft::declare_raft_types!(
     /// Portico's Raft types: log entries carry leader-stamped [`crate::state::Proposal`]s and
     /// applying one answers with [`crate::state::Applied`].

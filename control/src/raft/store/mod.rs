@@ -1,0 +1,328 @@
+//! Durable Raft storage on redb: one database file per node (`DIR/raft.redb`) holding the log,
+//! the vote and log pointers, and the state machine.
+//!
+//! Tables:
+//! - `log`: log index → a versioned bincode encoding of the [`Entry`].
+//! - `meta`: the file format version, the vote, the last committed and the last purged log id.
+//! - `state_machine`: `applied`, the state machine image after the last applied batch;
+//!   `snapshot_meta` / `snapshot_data`, the current snapshot; `snapshot_seq`, a counter that
+//!   keeps snapshot ids unique.
+//!
+//! Durability: the state machine is persisted. Every applied batch writes the image (a small
+//! versioned header with last-applied and membership, followed by [`State::snapshot`] bytes) in
+//! a durable transaction before `apply` returns, so a restart comes back at once to the state it
+//! had, without replaying the log, and the log may be purged up to any snapshot. Snapshots are
+//! the same image, stored separately because openraft sends them to lagging members.
+//!
+//! Every write transaction commits with redb's default durability (fsync) before it is reported
+//! done; every decode has a size limit and a corrupt record becomes a [`StorageError`], never a
+//! panic.
+
+mod log;
+mod state_machine;
+#[cfg(test)]
+mod tests;
+
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::AnyError;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use log::LogStore;
+pub use state_machine::{SnapshotBuilder, StateMachineStore, StateReader, StoreClosed};
+
+use super::{Entry, LogId, StoredMembership, Vote};
+use crate::state::State;
+
+/// The database file inside the node's storage directory.
+pub const FILE_NAME: &str = "raft.redb";
+
+/// Bumped when the layout of the tables changes incompatibly.
+const FORMAT_VERSION: u64 = 1;
+
+/// Upper bound on what decoding one log entry may claim. bincode counts a varint as the size of
+/// its type, so a claim is at most 8 times the encoded size: [`MAX_ENCODED_ENTRY_BYTES`] is what
+/// `append` accepts, so that everything written can be read back.
+const MAX_ENTRY_CLAIM: usize = 256 * 1024 * 1024;
+/// The largest encoded log entry `append` accepts (32 MiB: documents are at most 16 MiB of JSON).
+pub const MAX_ENCODED_ENTRY_BYTES: usize = MAX_ENTRY_CLAIM / 8;
+/// Limit for small records: vote, log ids, snapshot metadata, image headers (membership).
+const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const SM: TableDefinition<&str, &[u8]> = TableDefinition::new("state_machine");
+
+mod key {
+    pub const FORMAT: &str = "format";
+    pub const VOTE: &str = "vote";
+    pub const COMMITTED: &str = "committed";
+    pub const LAST_PURGED: &str = "last_purged";
+    pub const APPLIED: &str = "applied";
+    pub const SNAPSHOT_META: &str = "snapshot_meta";
+    pub const SNAPSHOT_DATA: &str = "snapshot_data";
+    pub const SNAPSHOT_SEQ: &str = "snapshot_seq";
+}
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the Raft storage directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the Raft database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: redb::DatabaseError,
+    },
+    #[error("Raft database {path}: {source}")]
+    Database { path: PathBuf, source: redb::Error },
+    #[error("the Raft database {path} is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "the Raft database {path} has format version {found}; this binary reads version {FORMAT_VERSION}"
+    )]
+    UnsupportedFormat { path: PathBuf, found: u64 },
+    #[error("the storage task failed: {0}")]
+    Task(String),
+}
+
+/// Opens (or creates) the node's Raft storage in `dir`, reloading the vote, the log pointers and
+/// the last persisted state machine. Checks the records it reloads, so a corrupt file is an error
+/// here rather than later.
+pub async fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || open_blocking(&dir))
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+fn open_blocking(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let path = dir.join(FILE_NAME);
+    let db = Database::create(&path).map_err(|source| StoreError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    let db_err = |e: redb::Error| StoreError::Database {
+        path: path.clone(),
+        source: e,
+    };
+    let corrupt = |e: AnyError| StoreError::Corrupt {
+        path: path.clone(),
+        detail: e.to_string(),
+    };
+
+    // Create the tables and stamp (or check) the format version.
+    let txn = db.begin_write().map_err(|e| db_err(e.into()))?;
+    {
+        txn.open_table(LOG).map_err(|e| db_err(e.into()))?;
+        txn.open_table(SM).map_err(|e| db_err(e.into()))?;
+        let mut meta = txn.open_table(META).map_err(|e| db_err(e.into()))?;
+        let found = match meta.get(key::FORMAT).map_err(|e| db_err(e.into()))? {
+            Some(v) => Some(
+                decode::<u64, MAX_RECORD_BYTES>(v.value(), "format version").map_err(corrupt)?,
+            ),
+            None => None,
+        };
+        match found {
+            Some(FORMAT_VERSION) => {}
+            Some(found) => {
+                return Err(StoreError::UnsupportedFormat {
+                    path: path.clone(),
+                    found,
+                });
+            }
+            None => {
+                let v = encode(&FORMAT_VERSION).map_err(corrupt)?;
+                meta.insert(key::FORMAT, v.as_slice())
+                    .map_err(|e| db_err(e.into()))?;
+            }
+        }
+    }
+    txn.commit().map_err(|e| db_err(e.into()))?;
+
+    let db = Arc::new(db);
+    let log = LogStore::new(db.clone());
+    let summary = log.check().map_err(corrupt)?;
+    let image = load_image(&db).map_err(corrupt)?;
+    let sm = StateMachineStore::new(db, image);
+    tracing::info!(
+        path = %path.display(),
+        vote = ?summary.vote,
+        committed = ?summary.committed,
+        last_purged = ?summary.last_purged,
+        log_entries = summary.entries,
+        last_applied = ?sm.last_applied(),
+        "opened the Raft store"
+    );
+    Ok((log, sm))
+}
+
+/// What `open` found in the log, for its log line.
+struct LogSummary {
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    last_purged: Option<LogId>,
+    entries: u64,
+}
+
+/// The state machine as persisted after a batch, and as carried in a snapshot: a header, then
+/// the [`State::snapshot`] bytes.
+struct Image {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    state: State,
+}
+
+/// The header of an [`Image`]. New versions are new variants.
+#[derive(Serialize, Deserialize)]
+enum ImageHeader {
+    V1 {
+        last_applied: Option<LogId>,
+        membership: StoredMembership,
+    },
+}
+
+fn encode_image(
+    last_applied: &Option<LogId>,
+    membership: &StoredMembership,
+    state: &State,
+) -> Result<Vec<u8>, AnyError> {
+    let mut out = encode(&ImageHeader::V1 {
+        last_applied: *last_applied,
+        membership: membership.clone(),
+    })?;
+    let state = state.snapshot().ctx("encoding the state machine")?;
+    out.extend_from_slice(&state);
+    Ok(out)
+}
+
+fn decode_image(bytes: &[u8]) -> Result<Image, AnyError> {
+    let (header, read): (ImageHeader, usize) = bincode::serde::decode_from_slice(
+        bytes,
+        bincode::config::standard().with_limit::<MAX_RECORD_BYTES>(),
+    )
+    .ctx("decoding the state machine image header")?;
+    let state = State::restore(&bytes[read..]).ctx("decoding the state machine")?;
+    let ImageHeader::V1 {
+        last_applied,
+        membership,
+    } = header;
+    Ok(Image {
+        last_applied,
+        membership,
+        state,
+    })
+}
+
+fn load_image(db: &Database) -> Result<Option<Image>, AnyError> {
+    let txn = db.begin_read().ctx("reading the state machine")?;
+    let table = txn.open_table(SM).ctx("reading the state machine")?;
+    match table.get(key::APPLIED).ctx("reading the state machine")? {
+        Some(v) => Ok(Some(decode_image(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Log entries are stored in a version envelope too: logs outlive binaries.
+#[derive(Serialize)]
+enum EntryRef<'a> {
+    V1(&'a Entry),
+}
+
+#[derive(Deserialize)]
+enum StoredEntry {
+    V1(Entry),
+}
+
+fn encode_entry(entry: &Entry) -> Result<Vec<u8>, AnyError> {
+    let bytes = encode(&EntryRef::V1(entry))?;
+    if bytes.len() > MAX_ENCODED_ENTRY_BYTES {
+        return Err(AnyError::error(format!(
+            "log entry {} encodes to {} bytes, more than the {} allowed",
+            entry.log_id,
+            bytes.len(),
+            MAX_ENCODED_ENTRY_BYTES
+        )));
+    }
+    Ok(bytes)
+}
+
+fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, AnyError> {
+    let StoredEntry::V1(entry) =
+        decode::<StoredEntry, MAX_ENTRY_CLAIM>(bytes, &format!("log entry {index}"))?;
+    if entry.log_id.index != index {
+        return Err(AnyError::error(format!(
+            "log entry stored at index {index} has log id {}",
+            entry.log_id
+        )));
+    }
+    Ok(entry)
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, AnyError> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard()).ctx("encoding a record")
+}
+
+/// Decodes a whole record, refusing trailing bytes and claims beyond `LIMIT`.
+fn decode<T: DeserializeOwned, const LIMIT: usize>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, AnyError> {
+    let (value, read): (T, usize) =
+        bincode::serde::decode_from_slice(bytes, bincode::config::standard().with_limit::<LIMIT>())
+            .map_err(|e| AnyError::new(&e).add_context(|| format!("decoding {what}")))?;
+    if read != bytes.len() {
+        return Err(AnyError::error(format!(
+            "decoding {what}: {} trailing bytes",
+            bytes.len() - read
+        )));
+    }
+    Ok(value)
+}
+
+/// Adds what was being done to a storage error.
+trait Ctx<T> {
+    fn ctx(self, what: impl Display) -> Result<T, AnyError>;
+}
+
+impl<T, E: std::error::Error + 'static> Ctx<T> for Result<T, E> {
+    fn ctx(self, what: impl Display) -> Result<T, AnyError> {
+        self.map_err(|e| AnyError::new(&e).add_context(|| what))
+    }
+}
+
+/// Runs synchronous redb work (which may fsync) off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, AnyError> + Send + 'static,
+) -> Result<T, AnyError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .ctx("the storage task failed")?
+}
+
+/// Reads one `meta` record.
+fn read_meta<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &str,
+) -> Result<Option<T>, AnyError> {
+    match table.get(name).ctx(format!("reading {name}"))? {
+        Some(v) => Ok(Some(decode::<T, MAX_RECORD_BYTES>(v.value(), name)?)),
+        None => Ok(None),
+    }
+}
+
+/// Number of entries in the log table (redb keeps it, so this is cheap).
+fn log_len(table: &impl ReadableTableMetadata) -> Result<u64, AnyError> {
+    table.len().ctx("counting log entries")
+}
