@@ -39,6 +39,9 @@ pub enum Command {
     Edge(EdgeArgs),
     /// Run everything in one process with a demo API; no set-up.
     Dev(DevArgs),
+    /// A control node of the replicated config store.
+    #[command(subcommand)]
+    Control(crate::control::ControlCommand),
     /// Create or update what a declarative file describes (idempotent).
     Apply(crate::commands::ApplyArgs),
     /// Show APIs, deployments or tokens.
@@ -70,9 +73,12 @@ pub struct EdgeArgs {
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
-    /// Where the dev node keeps its files.
+    /// Where the dev node keeps its files (the control node's store and the admin token).
     #[arg(long, default_value = ".portico-dev")]
     pub data: PathBuf,
+    /// Admin API address of the dev control node.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub admin_listen: SocketAddr,
     #[command(flatten)]
     pub listen: ListenArgs,
 }

@@ -4,6 +4,7 @@
 mod admin_client;
 mod cli;
 mod commands;
+mod control;
 mod dev;
 mod echo;
 mod edge;
@@ -19,6 +20,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         cli::Command::Edge(args) => edge::run(args),
         cli::Command::Dev(args) => dev::run(args),
+        cli::Command::Control(c) => control::run(c),
         cli::Command::Apply(args) => commands::apply(args),
         cli::Command::Get(args) => commands::get(args),
         cli::Command::Delete(args) => commands::delete(args),
@@ -37,7 +39,9 @@ fn main() -> std::process::ExitCode {
 
 fn init_tracing(format: &cli::LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("PORTICO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("PORTICO_LOG")
+        // openraft narrates every vote and replication step at INFO.
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

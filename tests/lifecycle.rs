@@ -277,9 +277,10 @@ fn shell_words(line: &str) -> Vec<String> {
 fn start_dev(data: &TempDir) -> (Proc, u16, String) {
     let mut last = String::new();
     for _ in 0..3 {
-        let ports = free_ports(2);
+        let ports = free_ports(3);
         let listen = format!("127.0.0.1:{}", ports[0]);
         let ops = format!("127.0.0.1:{}", ports[1]);
+        let admin = format!("127.0.0.1:{}", ports[2]);
         let dev = Proc::spawn(&[
             "--log-format",
             "json",
@@ -288,6 +289,8 @@ fn start_dev(data: &TempDir) -> (Proc, u16, String) {
             &listen,
             "--ops-listen",
             &ops,
+            "--admin-listen",
+            &admin,
             "--data",
             data.path().to_str().unwrap(),
         ]);
@@ -380,7 +383,28 @@ fn portico_dev_answers_the_curl_line_it_prints() {
     };
     assert!(metrics.contains(series), "{metrics}");
 
-    // The demo API's definition was written to the data directory.
-    assert!(data.path().join("demo-api.yaml").is_file());
+    // The admin token was written to the data directory, and the CLI finds it there to read
+    // the demo API back from the dev control node.
+    assert!(data.path().join("admin.token").is_file());
+    let admin_line = dev
+        .stdout
+        .wait_for(Duration::from_secs(1), |l| l.contains("Admin:"))
+        .expect("an Admin: line");
+    let admin = admin_line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the admin address");
+    let out = run_bounded(
+        std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
+            .args(["get", "apis", "--output", "json", "--server", admin, "--dev-data"])
+            .arg(data.path())
+            .env_remove("PORTICO_TOKEN"),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{listed}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(listed.contains("\"id\": \"demo\""), "{listed}");
     drop(dev);
 }

@@ -84,6 +84,17 @@ impl ConfigStore {
     /// Compiles and swaps in `doc` as the next revision.
     pub fn apply(&self, doc: &Document, source: &str) -> Result<u64, LoadError> {
         let revision = self.current.load().revision + 1;
+        self.apply_at(doc, revision, source)
+    }
+
+    /// Compiles and swaps in `doc` as `revision` (the control plane's revision when it is the
+    /// source). An older or equal revision than the one serving is ignored: revisions never go
+    /// backwards at an edge.
+    pub fn apply_at(&self, doc: &Document, revision: u64, source: &str) -> Result<u64, LoadError> {
+        let serving = self.current.load().revision;
+        if self.is_loaded() && revision <= serving {
+            return Ok(serving);
+        }
         match compile(doc, revision, &self.metrics) {
             Ok(config) => {
                 self.current.store(Arc::new(config));

@@ -1,0 +1,231 @@
+//! A running control node: Raft over QUIC, the redb store, and the admin API's view of both.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use serde_json::{Value, json};
+
+use crate::admin::{Backend, ProposeError, WRITE_TIMEOUT};
+use crate::raft::store::{self, StateReader};
+use crate::raft::{Member, NodeId, Raft};
+use crate::state::{Applied, Command, Proposal, State};
+
+/// Timing that elects a new leader well within 2 s of a crash on a LAN, without spurious
+/// elections from a busy 2-core machine.
+pub fn raft_config(cluster_name: &str) -> openraft::Config {
+    openraft::Config {
+        cluster_name: cluster_name.to_string(),
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
+        // Snapshots keep restarts and catching-up members fast; the state is small.
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2_000),
+        max_in_snapshot_log_to_keep: 500,
+        ..Default::default()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub cluster_name: String,
+    pub data_dir: PathBuf,
+    pub raft_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+}
+
+impl NodeConfig {
+    pub fn member(&self) -> Member {
+        Member {
+            raft_addr: self.raft_addr.to_string(),
+            admin_addr: self.admin_addr.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("storage: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct ControlNode {
+    pub config: NodeConfig,
+    pub raft: Raft,
+    pub state: StateReader,
+}
+
+impl ControlNode {
+    pub fn new(config: NodeConfig, raft: Raft, state: StateReader) -> ControlNode {
+        ControlNode {
+            config,
+            raft,
+            state,
+        }
+    }
+
+    /// Makes this node the only voter of a new cluster. Idempotent on an initialized node.
+    pub async fn initialize_single(&self) -> Result<(), NodeError> {
+        let members = BTreeMap::from([(self.config.id, self.config.member())]);
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(NodeError::Raft(e.to_string())),
+        }
+    }
+
+    /// Waits until some node is leader (bounded).
+    pub async fn wait_for_leader(&self, within: Duration) -> Option<NodeId> {
+        let mut metrics = self.raft.metrics();
+        let wait = async {
+            loop {
+                if let Some(l) = metrics.borrow().current_leader {
+                    return l;
+                }
+                if metrics.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(within, wait).await.ok()
+    }
+
+    fn leader_admin(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.admin_addr.clone())
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.config.id)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Backend for ControlNode {
+    fn state(&self) -> Arc<State> {
+        self.state.load()
+    }
+
+    async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NotLeader {
+                leader_admin: self.leader_admin(),
+            });
+        }
+        // The same validation `apply` runs, here first: a clear error without a log entry.
+        self.state
+            .load()
+            .validate(&command)
+            .map_err(ProposeError::Rejected)?;
+        let proposal = Proposal {
+            at_ms: now_ms(),
+            command,
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(proposal)).await {
+            Err(_) => Err(ProposeError::NoQuorum),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(ProposeError::NotLeader {
+                    leader_admin: f.leader_node.map(|n| n.admin_addr),
+                })
+            }
+            Ok(Err(e)) => Err(ProposeError::Internal(e.to_string())),
+        }
+    }
+
+    async fn read_barrier(&self) -> Result<(), ProposeError> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(ProposeError::NoQuorum),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(ProposeError::NotLeader {
+                    leader_admin: f.leader_node.map(|n| n.admin_addr),
+                })
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                Err(ProposeError::NoQuorum)
+            }
+            Ok(Err(e)) => Err(ProposeError::Internal(e.to_string())),
+        }
+    }
+
+    fn cluster_status(&self) -> Value {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let last_log = m.last_log_index.unwrap_or(0);
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let replication = m.replication.clone().unwrap_or_default();
+        let members: Vec<Value> = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = if *id == self.config.id {
+                    m.last_log_index
+                } else {
+                    replication.get(id).and_then(|l| l.map(|l| l.index))
+                };
+                json!({
+                    "id": id,
+                    "role": if Some(*id) == m.current_leader { "leader" } else if voters.contains(id) { "voter" } else { "learner" },
+                    "raft_addr": node.raft_addr,
+                    "admin_addr": node.admin_addr,
+                    // Known on the leader only; followers report their own index.
+                    "matched": matched,
+                    "lag": matched.map(|i| last_log.saturating_sub(i)),
+                })
+            })
+            .collect();
+        // The commit index is what a majority of voters hold; only the leader knows their
+        // matched indexes, a follower reports what it has applied.
+        let committed = if m.current_leader == Some(self.config.id) {
+            let mut held: Vec<u64> = voters
+                .iter()
+                .map(|v| {
+                    if *v == self.config.id {
+                        last_log
+                    } else {
+                        replication
+                            .get(v)
+                            .and_then(|l| l.map(|l| l.index))
+                            .unwrap_or(0)
+                    }
+                })
+                .collect();
+            held.sort_unstable_by(|a, b| b.cmp(a));
+            held.get(voters.len() / 2).copied()
+        } else {
+            m.last_applied.map(|l| l.index)
+        };
+        json!({
+            "cluster": self.config.cluster_name,
+            "node": self.config.id,
+            "leader": m.current_leader,
+            "term": m.current_term,
+            "committed": committed,
+            "applied": m.last_applied.map(|l| l.index),
+            "last_log": m.last_log_index,
+            "state": format!("{:?}", m.state),
+            "revision": self.state.applied(),
+            "members": members,
+        })
+    }
+}

@@ -1,0 +1,250 @@
+//! Starting a control node from its data directory: the files `init` writes, and the tasks
+//! `start` runs (store, QUIC endpoint with Raft, admin API).
+//!
+//! ```text
+//! DIR/node.json      id, cluster name, addresses
+//! DIR/ca.pem         the cluster CA certificate
+//! DIR/ca.key         the cluster CA key (0600)
+//! DIR/node.pem       this node's certificate, issued by the CA
+//! DIR/node.key       its key (0600)
+//! DIR/raft/          the redb store
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::admin::{self, Backend};
+use crate::node::{ControlNode, NodeConfig, NodeError, raft_config};
+use crate::raft::Raft;
+use crate::raft::store;
+use crate::state::{Applied, Command, Role};
+use crate::transport::{
+    self, ALPN_RAFT, AlpnRouter, ClusterCa, QuicRaftNetwork, RaftService, ServeLimits, TlsIdentity,
+    TransportLimits,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{path}: {message}")]
+    Files { path: String, message: String },
+    #[error("{0} is already initialized; start it with `portico control start --data {0}`")]
+    AlreadyInitialized(String),
+    #[error("{0} is not initialized; run `portico control init --data {0}` first")]
+    NotInitialized(String),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    id: u64,
+    cluster_name: String,
+    raft_addr: SocketAddr,
+    admin_addr: SocketAddr,
+}
+
+fn files_error(path: &Path, e: impl std::fmt::Display) -> RunError {
+    RunError::Files {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), RunError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| files_error(path, e))?;
+    f.write_all(contents.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| files_error(path, e))
+}
+
+fn read(path: &Path) -> Result<String, RunError> {
+    std::fs::read_to_string(path).map_err(|e| files_error(path, e))
+}
+
+pub fn is_initialized(dir: &Path) -> bool {
+    dir.join("node.json").exists()
+}
+
+/// Creates the cluster CA and this node's identity (node 1) in `dir`.
+pub fn init(
+    dir: &Path,
+    cluster_name: &str,
+    raft_addr: SocketAddr,
+    admin_addr: SocketAddr,
+) -> Result<NodeConfig, RunError> {
+    if is_initialized(dir) {
+        return Err(RunError::AlreadyInitialized(dir.display().to_string()));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| files_error(dir, e))?;
+    let ca = ClusterCa::generate(cluster_name).map_err(|e| RunError::Other(e.to_string()))?;
+    let hosts = vec![raft_addr.ip().to_string()];
+    let node = ca
+        .issue_node(1, &hosts)
+        .map_err(|e| RunError::Other(e.to_string()))?;
+    write_private(&dir.join("ca.key"), &ca.key_pem())?;
+    write_private(&dir.join("node.key"), &node.key_pem)?;
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem())
+        .map_err(|e| files_error(&dir.join("ca.pem"), e))?;
+    std::fs::write(dir.join("node.pem"), &node.cert_pem)
+        .map_err(|e| files_error(&dir.join("node.pem"), e))?;
+    let file = NodeFile {
+        id: 1,
+        cluster_name: cluster_name.to_string(),
+        raft_addr,
+        admin_addr,
+    };
+    let json = serde_json::to_string_pretty(&file).map_err(|e| RunError::Other(e.to_string()))?;
+    // Written last: its presence means the directory is complete.
+    std::fs::write(dir.join("node.json"), json)
+        .map_err(|e| files_error(&dir.join("node.json"), e))?;
+    load_config(dir)
+}
+
+pub fn load_config(dir: &Path) -> Result<NodeConfig, RunError> {
+    if !is_initialized(dir) {
+        return Err(RunError::NotInitialized(dir.display().to_string()));
+    }
+    let path = dir.join("node.json");
+    let file: NodeFile = serde_json::from_str(&read(&path)?).map_err(|e| files_error(&path, e))?;
+    Ok(NodeConfig {
+        id: file.id,
+        cluster_name: file.cluster_name,
+        data_dir: dir.to_path_buf(),
+        raft_addr: file.raft_addr,
+        admin_addr: file.admin_addr,
+    })
+}
+
+/// A started control node and the addresses it actually listens on.
+pub struct Running {
+    pub node: Arc<ControlNode>,
+    pub admin_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+}
+
+impl Running {
+    pub async fn shutdown(self) {
+        let _ = self.node.raft.shutdown().await;
+        self.endpoint.close(0u32.into(), b"shutting down");
+    }
+}
+
+pub async fn start(mut config: NodeConfig) -> Result<Running, RunError> {
+    let dir: PathBuf = config.data_dir.clone();
+    let identity = TlsIdentity::from_pem(
+        &read(&dir.join("ca.pem"))?,
+        &read(&dir.join("node.pem"))?,
+        &read(&dir.join("node.key"))?,
+    )
+    .map_err(|e| RunError::Other(format!("node certificate: {e}")))?;
+    let limits = TransportLimits::default();
+    let server_tls = transport::server_crypto(&identity, &[ALPN_RAFT])
+        .map_err(|e| RunError::Other(e.to_string()))?;
+    let client_tls = transport::client_crypto(&identity, &[ALPN_RAFT])
+        .map_err(|e| RunError::Other(e.to_string()))?;
+    let endpoint =
+        transport::bind_endpoint(config.raft_addr, server_tls, client_tls.clone(), &limits)
+            .map_err(|e| RunError::Other(e.to_string()))?;
+    let raft_addr = endpoint
+        .local_addr()
+        .map_err(|e| RunError::Other(e.to_string()))?;
+    // With port 0 in the file, the membership records the port actually bound.
+    config.raft_addr = raft_addr;
+    let client_config = transport::tls::client_config(client_tls, &limits)
+        .map_err(|e| RunError::Other(e.to_string()))?;
+
+    let (log, state_machine) = store::open(&dir.join("raft"))
+        .await
+        .map_err(NodeError::from)?;
+    let reader = state_machine.reader();
+    let network = QuicRaftNetwork::new(config.id, endpoint.clone(), client_config);
+    let raft_config = raft_config(&config.cluster_name)
+        .validate()
+        .map_err(|e| RunError::Other(e.to_string()))?;
+    let raft = Raft::new(
+        config.id,
+        Arc::new(raft_config),
+        network,
+        log,
+        state_machine,
+    )
+    .await
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+    let router = AlpnRouter::new().route(ALPN_RAFT, RaftService::new(raft.clone()));
+    tokio::spawn(transport::serve(
+        endpoint.clone(),
+        router,
+        ServeLimits::default(),
+    ));
+
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: config.admin_addr,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|e| RunError::Other(e.to_string()))?;
+    config.admin_addr = admin_addr;
+    let node = Arc::new(ControlNode::new(config, raft, reader));
+    tokio::spawn(admin::serve(admin_listener, node.clone()));
+    tracing::info!(node = node.config.id, raft = %raft_addr, admin = %admin_addr, "control node started");
+    Ok(Running {
+        node,
+        admin_addr,
+        raft_addr,
+        endpoint,
+    })
+}
+
+/// Makes a freshly initialized node the single voter of its cluster and, when the cluster has
+/// no token yet, mints the first admin token. Returns that token (to be shown once).
+pub async fn bootstrap_single(node: &ControlNode) -> Result<Option<String>, RunError> {
+    node.initialize_single().await?;
+    if node
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .is_none()
+    {
+        return Err(RunError::Other("no leader was elected within 10 s".into()));
+    }
+    // The leader applies a blank entry on election; wait for it so the state is current.
+    let _ = node.read_barrier().await;
+    if !node.state().tokens.is_empty() {
+        return Ok(None);
+    }
+    let minted = admin::auth::mint("initial admin", Role::Admin)
+        .map_err(|e| RunError::Other(e.to_string()))?;
+    match node
+        .propose(Command::CreateToken {
+            token: minted.record,
+        })
+        .await
+    {
+        Ok(Applied::Done { .. }) => Ok(Some(minted.token)),
+        Ok(Applied::Rejected { rejection, .. }) => Err(RunError::Other(rejection.to_string())),
+        Err(e) => Err(RunError::Other(e.to_string())),
+    }
+}
