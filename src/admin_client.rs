@@ -37,6 +37,13 @@ impl AdminClient {
         })
     }
 
+    pub fn with_token(server: &str, token: &str) -> AdminClient {
+        AdminClient {
+            server: server.to_string(),
+            token: token.to_string(),
+        }
+    }
+
     pub async fn call(
         &self,
         method: Method,

@@ -96,7 +96,7 @@ pub enum ClusterCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum TokenCommand {
-    /// Create an admin API token; its secret is printed once.
+    /// Create an admin API token (role admin, viewer or join); its secret is printed once.
     Create {
         name: String,
         #[arg(long, default_value = "viewer")]

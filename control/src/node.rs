@@ -6,25 +6,26 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use openraft::ChangeMembers;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use serde_json::{Value, json};
 
-use crate::admin::{Backend, ProposeError, WRITE_TIMEOUT};
+use crate::admin::{Backend, JoinGrant, ProposeError, WRITE_TIMEOUT};
 use crate::raft::store::{self, StateReader};
 use crate::raft::{Member, NodeId, Raft};
 use crate::state::{Applied, Command, Proposal, State};
 
 /// Timing that elects a new leader well within 2 s of a crash on a LAN, without spurious
 /// elections from a busy 2-core machine.
-pub fn raft_config(cluster_name: &str) -> openraft::Config {
+pub fn raft_config(cluster_name: &str, snapshot_logs: u64) -> openraft::Config {
     openraft::Config {
         cluster_name: cluster_name.to_string(),
         heartbeat_interval: 100,
         election_timeout_min: 500,
         election_timeout_max: 1000,
         // Snapshots keep restarts and catching-up members fast; the state is small.
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2_000),
-        max_in_snapshot_log_to_keep: 500,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_logs.max(1)),
+        max_in_snapshot_log_to_keep: (snapshot_logs / 4).max(1),
         ..Default::default()
     }
 }
@@ -36,7 +37,11 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub raft_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// A snapshot is taken after this many log entries, and the log before it purged.
+    pub snapshot_logs: u64,
 }
+
+pub const DEFAULT_SNAPSHOT_LOGS: u64 = 2_000;
 
 impl NodeConfig {
     pub fn member(&self) -> Member {
@@ -113,6 +118,51 @@ impl ControlNode {
     }
 }
 
+impl ControlNode {
+    /// Applies a membership change, bounded in time like any write.
+    async fn change_members(
+        &self,
+        change: ChangeMembers<NodeId, Member>,
+        retain: bool,
+    ) -> Result<(), ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NotLeader {
+                leader_admin: self.leader_admin(),
+            });
+        }
+        match tokio::time::timeout(
+            WRITE_TIMEOUT * 2,
+            self.raft.change_membership(change, retain),
+        )
+        .await
+        {
+            Err(_) => Err(ProposeError::NoQuorum),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(ProposeError::NotLeader {
+                    leader_admin: f.leader_node.map(|n| n.admin_addr),
+                })
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(ProposeError::Rejected(crate::state::Rejection::Invalid(
+                    vec![format!("membership: {e}")],
+                )))
+            }
+            Ok(Err(e)) => Err(ProposeError::Internal(e.to_string())),
+        }
+    }
+
+    fn members(&self) -> BTreeMap<NodeId, Member> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.clone()))
+            .collect()
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -166,6 +216,105 @@ impl Backend for ControlNode {
             }
             Ok(Err(e)) => Err(ProposeError::Internal(e.to_string())),
         }
+    }
+
+    async fn join(&self, member: Member) -> Result<JoinGrant, ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NotLeader {
+                leader_admin: self.leader_admin(),
+            });
+        }
+        let members = self.members();
+        if let Some((id, _)) = members
+            .iter()
+            .find(|(_, m)| m.raft_addr == member.raft_addr)
+        {
+            return Err(ProposeError::Rejected(
+                crate::state::Rejection::AlreadyExists {
+                    kind: "member".into(),
+                    id: format!("{id} at {}", member.raft_addr),
+                },
+            ));
+        }
+        let state = self.state.load();
+        let ca = state
+            .cluster_ca
+            .as_ref()
+            .ok_or_else(|| ProposeError::Internal("the cluster has no CA yet".into()))?;
+        let ca = crate::transport::ClusterCa::from_pem(&ca.cert_pem, &ca.key_pem)
+            .map_err(|e| ProposeError::Internal(format!("cluster CA: {e}")))?;
+        let id = members
+            .keys()
+            .max()
+            .copied()
+            .unwrap_or(0)
+            .max(self.config.id)
+            + 1;
+        let host = member
+            .raft_addr
+            .parse::<SocketAddr>()
+            .map(|a| a.ip().to_string())
+            .map_err(|e| ProposeError::Internal(e.to_string()))?;
+        let issued = ca
+            .issue_node(id, &[host])
+            .map_err(|e| ProposeError::Internal(format!("issuing the node certificate: {e}")))?;
+        // Not blocking: the node starts only after it has its certificate, and replication to
+        // it retries until then.
+        self.change_members(
+            ChangeMembers::AddNodes(BTreeMap::from([(id, member)])),
+            true,
+        )
+        .await?;
+        Ok(JoinGrant {
+            node_id: id,
+            cluster_name: self.config.cluster_name.clone(),
+            ca_cert_pem: ca.cert_pem().to_string(),
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
+            revision: self.state.applied(),
+        })
+    }
+
+    async fn promote(&self, id: NodeId) -> Result<(), ProposeError> {
+        if !self.members().contains_key(&id) {
+            return Err(ProposeError::Rejected(crate::state::Rejection::NotFound {
+                kind: "member".into(),
+                id: id.to_string(),
+            }));
+        }
+        self.change_members(ChangeMembers::AddVoterIds([id].into()), true)
+            .await
+    }
+
+    async fn remove_member(&self, id: NodeId) -> Result<(), ProposeError> {
+        if !self.members().contains_key(&id) {
+            return Err(ProposeError::Rejected(crate::state::Rejection::NotFound {
+                kind: "member".into(),
+                id: id.to_string(),
+            }));
+        }
+        let voters: Vec<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(ProposeError::Rejected(crate::state::Rejection::Invalid(
+                    vec!["membership: the last voter cannot be removed".into()],
+                )));
+            }
+            self.change_members(ChangeMembers::RemoveVoters([id].into()), false)
+                .await?;
+        }
+        if self.members().contains_key(&id) {
+            self.change_members(ChangeMembers::RemoveNodes([id].into()), false)
+                .await?;
+        }
+        Ok(())
     }
 
     fn cluster_status(&self) -> Value {

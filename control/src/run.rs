@@ -21,7 +21,7 @@ use crate::admin::{self, Backend};
 use crate::node::{ControlNode, NodeConfig, NodeError, raft_config};
 use crate::raft::Raft;
 use crate::raft::store;
-use crate::state::{Applied, Command, Role};
+use crate::state::{Applied, CaRecord, Command, Role};
 use crate::transport::{
     self, ALPN_RAFT, AlpnRouter, ClusterCa, QuicRaftNetwork, RaftService, ServeLimits, TlsIdentity,
     TransportLimits,
@@ -119,6 +119,34 @@ pub fn init(
     load_config(dir)
 }
 
+/// Writes the identity a leader granted a joining node into `dir`.
+pub fn write_joined(
+    dir: &Path,
+    grant: &admin::JoinGrant,
+    raft_addr: SocketAddr,
+    admin_addr: SocketAddr,
+) -> Result<NodeConfig, RunError> {
+    if is_initialized(dir) {
+        return Err(RunError::AlreadyInitialized(dir.display().to_string()));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| files_error(dir, e))?;
+    write_private(&dir.join("node.key"), &grant.key_pem)?;
+    std::fs::write(dir.join("ca.pem"), &grant.ca_cert_pem)
+        .map_err(|e| files_error(&dir.join("ca.pem"), e))?;
+    std::fs::write(dir.join("node.pem"), &grant.cert_pem)
+        .map_err(|e| files_error(&dir.join("node.pem"), e))?;
+    let file = NodeFile {
+        id: grant.node_id,
+        cluster_name: grant.cluster_name.clone(),
+        raft_addr,
+        admin_addr,
+    };
+    let json = serde_json::to_string_pretty(&file).map_err(|e| RunError::Other(e.to_string()))?;
+    std::fs::write(dir.join("node.json"), json)
+        .map_err(|e| files_error(&dir.join("node.json"), e))?;
+    load_config(dir)
+}
+
 pub fn load_config(dir: &Path) -> Result<NodeConfig, RunError> {
     if !is_initialized(dir) {
         return Err(RunError::NotInitialized(dir.display().to_string()));
@@ -131,6 +159,7 @@ pub fn load_config(dir: &Path) -> Result<NodeConfig, RunError> {
         data_dir: dir.to_path_buf(),
         raft_addr: file.raft_addr,
         admin_addr: file.admin_addr,
+        snapshot_logs: crate::node::DEFAULT_SNAPSHOT_LOGS,
     })
 }
 
@@ -178,7 +207,7 @@ pub async fn start(mut config: NodeConfig) -> Result<Running, RunError> {
         .map_err(NodeError::from)?;
     let reader = state_machine.reader();
     let network = QuicRaftNetwork::new(config.id, endpoint.clone(), client_config);
-    let raft_config = raft_config(&config.cluster_name)
+    let raft_config = raft_config(&config.cluster_name, config.snapshot_logs)
         .validate()
         .map_err(|e| RunError::Other(e.to_string()))?;
     let raft = Raft::new(
@@ -232,6 +261,20 @@ pub async fn bootstrap_single(node: &ControlNode) -> Result<Option<String>, RunE
     }
     // The leader applies a blank entry on election; wait for it so the state is current.
     let _ = node.read_barrier().await;
+    if node.state().cluster_ca.is_none() {
+        let dir = &node.config.data_dir;
+        let ca = CaRecord {
+            cert_pem: read(&dir.join("ca.pem"))?,
+            key_pem: read(&dir.join("ca.key"))?,
+        };
+        match node.propose(Command::SetClusterCa { ca }).await {
+            Ok(Applied::Done { .. }) => {}
+            Ok(Applied::Rejected { rejection, .. }) => {
+                return Err(RunError::Other(rejection.to_string()));
+            }
+            Err(e) => return Err(RunError::Other(e.to_string())),
+        }
+    }
     if !node.state().tokens.is_empty() {
         return Ok(None);
     }

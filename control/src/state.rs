@@ -51,6 +51,28 @@ pub enum Command {
     DeleteToken {
         id: String,
     },
+    /// Replicates the cluster CA so that whichever node leads can issue certificates to
+    /// joining nodes and edges. Set once at bootstrap; setting it again to the same value is
+    /// a no-op, to another value a rejection.
+    SetClusterCa {
+        ca: CaRecord,
+    },
+}
+
+/// The cluster CA. Its key is replicated to every control node (as etcd's peer CA is kept on
+/// every member): control nodes are the trust root of the cluster.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRecord {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CaRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaRecord")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What applying one entry did.
@@ -90,8 +112,10 @@ impl Rejection {
 pub enum Role {
     /// Reads and writes everything.
     Admin,
-    /// Reads everything except tokens' hashes; writes nothing.
+    /// Reads everything except tokens; writes nothing.
     Viewer,
+    /// May only join a control node to the cluster.
+    Join,
 }
 
 /// An admin API bearer token. Only a hash of the secret is replicated.
@@ -123,6 +147,7 @@ pub struct State {
     /// By API id, then deployment id.
     pub deployments: BTreeMap<String, BTreeMap<String, Versioned<Deployment>>>,
     pub tokens: BTreeMap<String, Versioned<TokenRecord>>,
+    pub cluster_ca: Option<CaRecord>,
 }
 
 impl State {
@@ -217,6 +242,24 @@ impl State {
                 );
                 Ok(())
             }
+            Command::SetClusterCa { ca } => match &self.cluster_ca {
+                Some(existing) if existing == ca => Ok(()),
+                Some(_) => Err(Rejection::AlreadyExists {
+                    kind: "cluster CA".into(),
+                    id: "ca".into(),
+                }),
+                None => {
+                    if !ca.cert_pem.contains("BEGIN CERTIFICATE")
+                        || !ca.key_pem.contains("PRIVATE KEY")
+                    {
+                        return Err(Rejection::Invalid(vec![
+                            "ca: expected a PEM certificate and a PEM private key".into(),
+                        ]));
+                    }
+                    self.cluster_ca = Some(ca.clone());
+                    Ok(())
+                }
+            },
             Command::DeleteToken { id } => match self.tokens.remove(id) {
                 Some(_) => Ok(()),
                 None => Err(Rejection::NotFound {

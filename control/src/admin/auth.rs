@@ -44,7 +44,7 @@ pub enum AuthError {
     Missing,
     #[error("the bearer token is malformed or unknown")]
     Invalid,
-    #[error("this token has the viewer role, which cannot write")]
+    #[error("this token's role may not do this (viewer tokens only read, join tokens only join)")]
     Forbidden,
 }
 
@@ -70,7 +70,7 @@ pub fn authenticate(state: &State, header: Option<&str>) -> Result<Role, AuthErr
 pub fn require_admin(role: Role) -> Result<(), AuthError> {
     match role {
         Role::Admin => Ok(()),
-        Role::Viewer => Err(AuthError::Forbidden),
+        Role::Viewer | Role::Join => Err(AuthError::Forbidden),
     }
 }
 

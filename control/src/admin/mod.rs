@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::raft::{Member, NodeId};
 use crate::state::{Applied, Command, Rejection, State};
 
 pub use routes::handle;
@@ -46,6 +47,24 @@ pub trait Backend: Send + Sync + 'static {
     fn read_barrier(&self) -> impl Future<Output = Result<(), ProposeError>> + Send;
     /// Members, leader, term, indexes and lag, as JSON.
     fn cluster_status(&self) -> serde_json::Value;
+    /// Admits a new control node as a learner and issues its certificate (leader only).
+    fn join(&self, member: Member) -> impl Future<Output = Result<JoinGrant, ProposeError>> + Send;
+    /// Makes a learner a voter (leader only).
+    fn promote(&self, id: NodeId) -> impl Future<Output = Result<(), ProposeError>> + Send;
+    /// Removes a member, voter or learner (leader only).
+    fn remove_member(&self, id: NodeId) -> impl Future<Output = Result<(), ProposeError>> + Send;
+}
+
+/// What a joining node needs to start: its id and identity in the cluster.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct JoinGrant {
+    pub node_id: NodeId,
+    pub cluster_name: String,
+    pub ca_cert_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// The leader's applied revision when the node was admitted.
+    pub revision: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::auth::{self, AuthError};
 use super::{Backend, Outcome, ProposeError, error, json_response, openapi, unavailable};
+use crate::raft::Member;
 use crate::state::{Applied, Command, Proposal, Rejection, Role, State, Versioned};
 
 pub async fn handle<B: Backend>(backend: &B, req: &Request<Bytes>) -> Outcome {
@@ -41,7 +42,19 @@ pub async fn handle<B: Backend>(backend: &B, req: &Request<Bytes>) -> Outcome {
         Err(e) => return done(auth_error(e)),
     };
     let writes = !matches!(method, Method::GET | Method::HEAD);
-    if writes && let Err(e) = auth::require_admin(role) {
+    // Join tokens may admit and promote a control node, and nothing else.
+    let joining = method == Method::POST
+        && matches!(
+            &segments[1..],
+            ["cluster", "join"] | ["cluster", "members", _, "promote"]
+        );
+    if role == Role::Join && !joining {
+        return done(auth_error(AuthError::Forbidden));
+    }
+    if writes
+        && !joining
+        && let Err(e) = auth::require_admin(role)
+    {
         return done(auth_error(e));
     }
     if !writes && !query_flag(req, "consistency", "stale") {
@@ -244,6 +257,54 @@ pub async fn handle<B: Backend>(backend: &B, req: &Request<Bytes>) -> Outcome {
         }
         (Method::GET, ["cluster", "status"]) => {
             done(json_response(StatusCode::OK, &backend.cluster_status()))
+        }
+        (Method::POST, ["cluster", "join"]) => {
+            let member: Member = match parse_body(req) {
+                Ok(m) => m,
+                Err(resp) => return done(resp),
+            };
+            for (field, addr) in [
+                ("raft_addr", &member.raft_addr),
+                ("admin_addr", &member.admin_addr),
+            ] {
+                if addr.parse::<std::net::SocketAddr>().is_err() {
+                    return done(error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid",
+                        &format!("{field}: {addr:?} is not an ip:port address"),
+                        &[(field.into(), "not an ip:port address".into())],
+                    ));
+                }
+            }
+            match backend.join(member).await {
+                Ok(grant) => done(json_response(
+                    StatusCode::OK,
+                    &serde_json::to_value(&grant).unwrap_or(Value::Null),
+                )),
+                Err(ProposeError::NotLeader { leader_admin }) => Outcome::Forward { leader_admin },
+                Err(e) => done(propose_error(e)),
+            }
+        }
+        (Method::POST, ["cluster", "members", id, "promote"])
+        | (Method::DELETE, ["cluster", "members", id]) => {
+            let Ok(id) = id.parse::<u64>() else {
+                return done(error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    "the member id must be a number",
+                    &[],
+                ));
+            };
+            let result = if req.method() == Method::DELETE {
+                backend.remove_member(id).await
+            } else {
+                backend.promote(id).await
+            };
+            match result {
+                Ok(()) => done(json_response(StatusCode::OK, &backend.cluster_status())),
+                Err(ProposeError::NotLeader { leader_admin }) => Outcome::Forward { leader_admin },
+                Err(e) => done(propose_error(e)),
+            }
         }
         (_, ["apis", ..] | ["apply"] | ["tokens", ..] | ["cluster", ..]) => done(error(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -213,16 +213,13 @@ async fn a_new_learner_catches_up_from_a_snapshot_sent_over_quic() {
     .unwrap();
 
     let learner = start_node(&ca, 2, Some(3)).await;
-    within(WAIT, nodes[0].raft.add_learner(2, learner.member(), true))
+    let added = within(WAIT, nodes[0].raft.add_learner(2, learner.member(), true))
         .await
         .unwrap();
-    // The learner catches up to everything the leader applied, the membership change included.
-    let applied = nodes[0]
-        .raft
-        .metrics()
-        .borrow()
-        .last_applied
-        .map_or(last, |l| l.index);
+    // Both have applied everything, the membership change included.
+    let applied = added.log_id.index;
+    assert!(applied > last);
+    wait_applied(&nodes[0], applied).await;
     wait_applied(&learner, applied).await;
     assert_eq!(learner.sm.state().tokens.len(), 10);
     let (a, b) = (learner.sm.state(), nodes[0].sm.state());
