@@ -1,27 +1,28 @@
 //! A small client for the admin API, used by the CLI commands.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
+use portico_control::admin::client;
 use serde_json::Value;
 
 /// Where `portico dev` keeps its token, relative to its data directory.
 pub const DEV_TOKEN_FILE: &str = "admin.token";
-const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 
 pub struct AdminClient {
     server: String,
     token: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl AdminClient {
     /// The token comes from `PORTICO_TOKEN`, else from the dev data directory.
-    pub fn new(server: &str, dev_data: &std::path::Path) -> Result<AdminClient> {
+    pub fn new(server: &str, dev_data: &Path) -> Result<AdminClient> {
         let token = match std::env::var("PORTICO_TOKEN") {
             Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
             _ => {
@@ -31,17 +32,25 @@ impl AdminClient {
                     .with_context(|| format!("no admin token: set PORTICO_TOKEN, or run `portico dev` (which writes {})", path.display()))?
             }
         };
-        Ok(AdminClient {
-            server: server.to_string(),
-            token,
-        })
+        AdminClient::with_token(server, &token)
     }
 
-    pub fn with_token(server: &str, token: &str) -> AdminClient {
-        AdminClient {
+    /// `https://` servers are verified against the cluster CA in `PORTICO_CA_CERT` (a PEM file,
+    /// e.g. a control node's `ca.pem`).
+    pub fn with_token(server: &str, token: &str) -> Result<AdminClient> {
+        let tls = match std::env::var("PORTICO_CA_CERT") {
+            Ok(path) if !path.is_empty() => {
+                let pem = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read PORTICO_CA_CERT {path}"))?;
+                Some(client::client_tls(&pem).map_err(|e| anyhow::anyhow!("{path}: {e}"))?)
+            }
+            _ => None,
+        };
+        Ok(AdminClient {
             server: server.to_string(),
             token: token.to_string(),
-        }
+            tls,
+        })
     }
 
     pub async fn call(
@@ -81,42 +90,29 @@ impl AdminClient {
         body: Bytes,
         if_match: Option<u64>,
     ) -> Result<(StatusCode, Value)> {
-        let exchange = async {
-            let tcp = tokio::net::TcpStream::connect(&self.server)
-                .await
-                .with_context(|| format!("cannot reach the admin API at {}", self.server))?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp)).await?;
-            tokio::spawn(conn);
-            let mut req = Request::builder()
-                .method(method)
-                .uri(path)
-                .header(header::HOST, &self.server)
-                .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
-                .header(header::CONTENT_TYPE, content_type);
-            if let Some(r) = if_match {
-                req = req.header(header::IF_MATCH, r.to_string());
-            }
-            let req = req.body(Full::new(body))?;
-            let resp = sender.send_request(req).await?;
-            let status = resp.status();
-            let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
-                .collect()
-                .await
-                .map_err(|e| anyhow!("reading the answer: {e}"))?
-                .to_bytes();
-            let value = serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-            Ok::<_, anyhow::Error>((status, value))
-        };
-        tokio::time::timeout(Duration::from_secs(30), exchange)
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "the admin API at {} did not answer within 30 s",
-                    self.server
-                )
-            })?
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, client::parse_target(&self.server).1)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(header::CONTENT_TYPE, content_type);
+        if let Some(r) = if_match {
+            req = req.header(header::IF_MATCH, r.to_string());
+        }
+        let req = req.body(Full::new(body))?;
+        let resp = client::send(
+            &self.server,
+            self.tls.as_ref(),
+            req,
+            Duration::from_secs(30),
+        )
+        .await
+        .with_context(|| format!("the admin API at {} could not be reached", self.server))?;
+        let status = resp.status();
+        let bytes = resp.into_body();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Ok((status, value))
     }
 
     /// Like [`call`], but an error status becomes an error naming the fields that are wrong.

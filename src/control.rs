@@ -30,6 +30,10 @@ pub enum ControlCommand {
         /// Admin API address.
         #[arg(long, default_value = "127.0.0.1:7070")]
         admin_listen: SocketAddr,
+        /// Serve the admin API over HTTPS with this node's certificate from the cluster CA
+        /// (clients trust DIR/ca.pem: PORTICO_CA_CERT=DIR/ca.pem).
+        #[arg(long)]
+        admin_tls: bool,
     },
     /// Run an initialized control node until SIGTERM.
     Start {
@@ -57,6 +61,12 @@ pub enum ControlCommand {
         /// Take a snapshot (and compact the log) every this many entries.
         #[arg(long, default_value_t = portico_control::node::DEFAULT_SNAPSHOT_LOGS)]
         snapshot_logs: u64,
+        /// Serve the admin API over HTTPS (see `init --admin-tls`).
+        #[arg(long)]
+        admin_tls: bool,
+        /// Stay a learner: replicate everything but never vote.
+        #[arg(long)]
+        learner: bool,
     },
     /// Remove this node from its cluster (uses PORTICO_TOKEN, an admin token); stop its process
     /// afterwards.
@@ -76,8 +86,9 @@ pub fn run(command: ControlCommand) -> Result<()> {
             cluster_name,
             raft_listen,
             admin_listen,
+            admin_tls,
         } => control_runtime()?.block_on(async move {
-            let config = run::init(&data, &cluster_name, raft_listen, admin_listen)?;
+            let config = run::init(&data, &cluster_name, raft_listen, admin_listen, admin_tls)?;
             let running = run::start(config).await?;
             let token = run::bootstrap_single(&running.node).await?;
             running.shutdown().await;
@@ -95,18 +106,21 @@ pub fn run(command: ControlCommand) -> Result<()> {
             raft_listen,
             admin_listen,
             snapshot_logs,
+            admin_tls,
+            learner,
         } => control_runtime()?.block_on(async move {
             if raft_listen.port() == 0 || admin_listen.port() == 0 {
                 anyhow::bail!("a joining node needs fixed ports: the members record its addresses");
             }
-            let client = AdminClient::with_token(&seed, &join_token);
-            let body = serde_json::json!({"raft_addr": raft_listen.to_string(), "admin_addr": admin_listen.to_string()});
+            let client = AdminClient::with_token(&seed, &join_token)?;
+            let admin_addr = if admin_tls { format!("https://{admin_listen}") } else { admin_listen.to_string() };
+            let body = serde_json::json!({"raft_addr": raft_listen.to_string(), "admin_addr": admin_addr});
             let grant = client
                 .ok(Method::POST, "/v1/cluster/join", "application/json", Bytes::from(body.to_string()))
                 .await
                 .context("the cluster refused to admit this node")?;
             let grant: admin::JoinGrant = serde_json::from_value(grant).context("the join answer is malformed")?;
-            let mut config = run::write_joined(&data, &grant, raft_listen, admin_listen)?;
+            let mut config = run::write_joined(&data, &grant, raft_listen, admin_listen, admin_tls)?;
             config.snapshot_logs = snapshot_logs;
             let running = run::start(config).await?;
             // Vote only once caught up, so that adding this node never stalls commits.
@@ -114,21 +128,25 @@ pub fn run(command: ControlCommand) -> Result<()> {
             if !matches!(caught_up, Ok(Ok(_))) {
                 anyhow::bail!("this node did not catch up with the cluster within 60 s; it stays a learner");
             }
-            let path = format!("/v1/cluster/members/{}/promote", grant.node_id);
-            client
-                .ok(Method::POST, &path, "application/json", Bytes::new())
-                .await
-                .context("promoting this node to voter failed; it stays a learner")?;
-            println!("Joined cluster {:?} as node {}.", grant.cluster_name, grant.node_id);
+            if learner {
+                println!("Joined cluster {:?} as node {} (learner).", grant.cluster_name, grant.node_id);
+            } else {
+                let path = format!("/v1/cluster/members/{}/promote", grant.node_id);
+                client
+                    .ok(Method::POST, &path, "application/json", Bytes::new())
+                    .await
+                    .context("promoting this node to voter failed; it stays a learner")?;
+                println!("Joined cluster {:?} as node {}.", grant.cluster_name, grant.node_id);
+            }
             wait_for_shutdown(None).await?;
             running.shutdown().await;
             Ok(())
         }),
         ControlCommand::Leave { data, server } => control_runtime()?.block_on(async move {
             let config = run::load_config(&data)?;
-            let server = server.unwrap_or_else(|| config.admin_addr.to_string());
+            let server = server.unwrap_or_else(|| config.member().admin_addr);
             let token = std::env::var("PORTICO_TOKEN").context("set PORTICO_TOKEN to an admin token")?;
-            let client = AdminClient::with_token(&server, &token);
+            let client = AdminClient::with_token(&server, &token)?;
             let path = format!("/v1/cluster/members/{}", config.id);
             client.ok(Method::DELETE, &path, "application/json", Bytes::new()).await?;
             println!("Node {} left the cluster; stop its process now.", config.id);

@@ -36,7 +36,7 @@ pub fn run(args: DevArgs) -> Result<()> {
             config
         } else {
             let raft: SocketAddr = "127.0.0.1:0".parse()?;
-            run::init(&control_dir, "portico-dev", raft, args.admin_listen)?
+            run::init(&control_dir, "portico-dev", raft, args.admin_listen, false)?
         };
         let control = run::start(config).await?;
         let token_path = args.data.join(DEV_TOKEN_FILE);

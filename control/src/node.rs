@@ -39,6 +39,8 @@ pub struct NodeConfig {
     pub admin_addr: SocketAddr,
     /// A snapshot is taken after this many log entries, and the log before it purged.
     pub snapshot_logs: u64,
+    /// The admin API speaks HTTPS, with this node's certificate from the cluster CA.
+    pub admin_tls: bool,
 }
 
 pub const DEFAULT_SNAPSHOT_LOGS: u64 = 2_000;
@@ -47,7 +49,11 @@ impl NodeConfig {
     pub fn member(&self) -> Member {
         Member {
             raft_addr: self.raft_addr.to_string(),
-            admin_addr: self.admin_addr.to_string(),
+            admin_addr: if self.admin_tls {
+                format!("https://{}", self.admin_addr)
+            } else {
+                self.admin_addr.to_string()
+            },
         }
     }
 }
@@ -250,13 +256,22 @@ impl Backend for ControlNode {
             .unwrap_or(0)
             .max(self.config.id)
             + 1;
-        let host = member
-            .raft_addr
-            .parse::<SocketAddr>()
-            .map(|a| a.ip().to_string())
-            .map_err(|e| ProposeError::Internal(e.to_string()))?;
+        // The certificate serves both Raft and (with HTTPS) the admin API: both addresses.
+        let mut hosts = Vec::new();
+        for addr in [
+            member.raft_addr.as_str(),
+            crate::admin::client::parse_target(&member.admin_addr).1,
+        ] {
+            let ip = addr
+                .parse::<SocketAddr>()
+                .map(|a| a.ip().to_string())
+                .map_err(|e| ProposeError::Internal(format!("{addr}: {e}")))?;
+            if !hosts.contains(&ip) {
+                hosts.push(ip);
+            }
+        }
         let issued = ca
-            .issue_node(id, &[host])
+            .issue_node(id, &hosts)
             .map_err(|e| ProposeError::Internal(format!("issuing the node certificate: {e}")))?;
         // Not blocking: the node starts only after it has its certificate, and replication to
         // it retries until then.

@@ -53,6 +53,8 @@ struct NodeFile {
     cluster_name: String,
     raft_addr: SocketAddr,
     admin_addr: SocketAddr,
+    #[serde(default)]
+    admin_tls: bool,
 }
 
 fn files_error(path: &Path, e: impl std::fmt::Display) -> RunError {
@@ -90,13 +92,17 @@ pub fn init(
     cluster_name: &str,
     raft_addr: SocketAddr,
     admin_addr: SocketAddr,
+    admin_tls: bool,
 ) -> Result<NodeConfig, RunError> {
     if is_initialized(dir) {
         return Err(RunError::AlreadyInitialized(dir.display().to_string()));
     }
     std::fs::create_dir_all(dir).map_err(|e| files_error(dir, e))?;
     let ca = ClusterCa::generate(cluster_name).map_err(|e| RunError::Other(e.to_string()))?;
-    let hosts = vec![raft_addr.ip().to_string()];
+    let mut hosts = vec![raft_addr.ip().to_string()];
+    if admin_addr.ip() != raft_addr.ip() {
+        hosts.push(admin_addr.ip().to_string());
+    }
     let node = ca
         .issue_node(1, &hosts)
         .map_err(|e| RunError::Other(e.to_string()))?;
@@ -111,6 +117,7 @@ pub fn init(
         cluster_name: cluster_name.to_string(),
         raft_addr,
         admin_addr,
+        admin_tls,
     };
     let json = serde_json::to_string_pretty(&file).map_err(|e| RunError::Other(e.to_string()))?;
     // Written last: its presence means the directory is complete.
@@ -125,6 +132,7 @@ pub fn write_joined(
     grant: &admin::JoinGrant,
     raft_addr: SocketAddr,
     admin_addr: SocketAddr,
+    admin_tls: bool,
 ) -> Result<NodeConfig, RunError> {
     if is_initialized(dir) {
         return Err(RunError::AlreadyInitialized(dir.display().to_string()));
@@ -140,6 +148,7 @@ pub fn write_joined(
         cluster_name: grant.cluster_name.clone(),
         raft_addr,
         admin_addr,
+        admin_tls,
     };
     let json = serde_json::to_string_pretty(&file).map_err(|e| RunError::Other(e.to_string()))?;
     std::fs::write(dir.join("node.json"), json)
@@ -160,6 +169,7 @@ pub fn load_config(dir: &Path) -> Result<NodeConfig, RunError> {
         raft_addr: file.raft_addr,
         admin_addr: file.admin_addr,
         snapshot_logs: crate::node::DEFAULT_SNAPSHOT_LOGS,
+        admin_tls: file.admin_tls,
     })
 }
 
@@ -238,7 +248,16 @@ pub async fn start(mut config: NodeConfig) -> Result<Running, RunError> {
         .map_err(|e| RunError::Other(e.to_string()))?;
     config.admin_addr = admin_addr;
     let node = Arc::new(ControlNode::new(config, raft, reader));
-    tokio::spawn(admin::serve(admin_listener, node.clone()));
+    let ca_pem = read(&dir.join("ca.pem"))?;
+    let tls = admin::AdminTls {
+        server: if node.config.admin_tls {
+            Some(admin_server_tls(&dir)?)
+        } else {
+            None
+        },
+        client: Some(admin::client::client_tls(&ca_pem).map_err(RunError::Other)?),
+    };
+    tokio::spawn(admin::serve(admin_listener, node.clone(), tls));
     tracing::info!(node = node.config.id, raft = %raft_addr, admin = %admin_addr, "control node started");
     Ok(Running {
         node,
@@ -246,6 +265,25 @@ pub async fn start(mut config: NodeConfig) -> Result<Running, RunError> {
         raft_addr,
         endpoint,
     })
+}
+
+/// HTTPS for the admin API with this node's certificate (issued for its addresses).
+fn admin_server_tls(dir: &Path) -> Result<Arc<rustls::ServerConfig>, RunError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_path = dir.join("node.pem");
+    let key_path = dir.join("node.key");
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .map_err(|e| files_error(&cert_path, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| files_error(&cert_path, e))?;
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| files_error(&key_path, e))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| files_error(&cert_path, e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Makes a freshly initialized node the single voter of its cluster and, when the cluster has

@@ -5,6 +5,7 @@
 //! leader (no quorum) the answer is 503 with `Retry-After`, within a bounded time.
 
 pub mod auth;
+pub mod client;
 mod openapi;
 mod routes;
 
@@ -80,7 +81,17 @@ pub enum ProposeError {
     Internal(String),
 }
 
-pub async fn serve<B: Backend>(listener: TcpListener, backend: Arc<B>) {
+/// TLS for the admin API: the certificate to serve with (HTTPS when set), and trust for the
+/// leader's certificate when forwarding.
+#[derive(Clone)]
+pub struct AdminTls {
+    pub server: Option<Arc<rustls::ServerConfig>>,
+    pub client: Option<Arc<rustls::ClientConfig>>,
+}
+
+pub async fn serve<B: Backend>(listener: TcpListener, backend: Arc<B>, tls: AdminTls) {
+    let acceptor = tls.server.clone().map(tokio_rustls::TlsAcceptor::from);
+    let forward_tls = tls.client.clone();
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -90,25 +101,54 @@ pub async fn serve<B: Backend>(listener: TcpListener, backend: Arc<B>) {
                 continue;
             }
         };
-        let backend = backend.clone();
+        let (backend, acceptor, forward_tls) =
+            (backend.clone(), acceptor.clone(), forward_tls.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let backend = backend.clone();
-                async move { Ok::<_, Infallible>(respond(backend, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(tcp), service);
-            if let Err(e) = conn.await {
+            let result = match acceptor {
+                None => serve_connection(tcp, backend, forward_tls).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    {
+                        Ok(Ok(stream)) => serve_connection(stream, backend, forward_tls).await,
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("TLS handshake timed out".to_string()),
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(peer = %peer, error = %e, "admin connection error");
             }
         });
     }
 }
 
-async fn respond<B: Backend>(backend: Arc<B>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn serve_connection<IO, B>(
+    io: IO,
+    backend: Arc<B>,
+    forward_tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<(), String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: Backend,
+{
+    let service = service_fn(move |req| {
+        let (backend, forward_tls) = (backend.clone(), forward_tls.clone());
+        async move { Ok::<_, Infallible>(respond(backend, forward_tls, req).await) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(io), service)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn respond<B: Backend>(
+    backend: Arc<B>,
+    forward_tls: Option<Arc<rustls::ClientConfig>>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
@@ -124,7 +164,9 @@ async fn respond<B: Backend>(backend: Arc<B>, req: Request<Incoming>) -> Respons
     let req = Request::from_parts(parts, body);
     match routes::handle(backend.as_ref(), &req).await {
         Outcome::Done(response) => response,
-        Outcome::Forward { leader_admin } => forward(&req, leader_admin).await,
+        Outcome::Forward { leader_admin } => {
+            forward(&req, leader_admin, forward_tls.as_ref()).await
+        }
     }
 }
 
@@ -137,53 +179,37 @@ pub enum Outcome {
     },
 }
 
-async fn forward(req: &Request<Bytes>, leader_admin: Option<String>) -> Response<Full<Bytes>> {
+async fn forward(
+    req: &Request<Bytes>,
+    leader_admin: Option<String>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Response<Full<Bytes>> {
     let Some(leader) = leader_admin else {
         return unavailable("no leader is known (no quorum?); retry shortly");
     };
     if req.headers().contains_key(FORWARDED) {
         return unavailable("leadership is changing; retry shortly");
     }
-    let relay = async {
-        let tcp = tokio::net::TcpStream::connect(&leader).await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
-                .await
-                .map_err(std::io::Error::other)?;
-        tokio::spawn(conn);
-        let mut out = Request::builder()
-            .method(req.method())
-            .uri(req.uri().path_and_query().map_or("/", |p| p.as_str()))
-            .header(header::HOST, leader.as_str())
-            .header(FORWARDED, "1");
-        for name in [
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            header::IF_MATCH,
-        ] {
-            if let Some(v) = req.headers().get(&name) {
-                out = out.header(name, v);
-            }
+    let mut out = Request::builder()
+        .method(req.method())
+        .uri(req.uri().path_and_query().map_or("/", |p| p.as_str()))
+        .header(header::HOST, client::parse_target(&leader).1)
+        .header(FORWARDED, "1");
+    for name in [
+        header::AUTHORIZATION,
+        header::CONTENT_TYPE,
+        header::IF_MATCH,
+    ] {
+        if let Some(v) = req.headers().get(&name) {
+            out = out.header(name, v);
         }
-        let out = out
-            .body(Full::new(req.body().clone()))
-            .map_err(std::io::Error::other)?;
-        let resp = sender
-            .send_request(out)
-            .await
-            .map_err(std::io::Error::other)?;
-        let (parts, body) = resp.into_parts();
-        let body = Limited::new(body, MAX_BODY)
-            .collect()
-            .await
-            .map_err(std::io::Error::other)?
-            .to_bytes();
-        Ok::<_, std::io::Error>(Response::from_parts(parts, Full::new(body)))
+    }
+    let Ok(out) = out.body(Full::new(req.body().clone())) else {
+        return unavailable("the request could not be forwarded");
     };
-    match tokio::time::timeout(WRITE_TIMEOUT + Duration::from_secs(1), relay).await {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => unavailable(&format!("the leader at {leader} could not be reached: {e}")),
-        Err(_) => unavailable(&format!("the leader at {leader} did not answer in time")),
+    match client::send(&leader, tls, out, WRITE_TIMEOUT + Duration::from_secs(1)).await {
+        Ok(resp) => resp.map(Full::new),
+        Err(e) => unavailable(&format!("the leader at {leader} could not be reached: {e}")),
     }
 }
 

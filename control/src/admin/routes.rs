@@ -267,7 +267,11 @@ pub async fn handle<B: Backend>(backend: &B, req: &Request<Bytes>) -> Outcome {
                 ("raft_addr", &member.raft_addr),
                 ("admin_addr", &member.admin_addr),
             ] {
-                if addr.parse::<std::net::SocketAddr>().is_err() {
+                if super::client::parse_target(addr)
+                    .1
+                    .parse::<std::net::SocketAddr>()
+                    .is_err()
+                {
                     return done(error(
                         StatusCode::BAD_REQUEST,
                         "invalid",
