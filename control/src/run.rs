@@ -107,11 +107,6 @@ pub fn init(
         .issue_node(1, &hosts)
         .map_err(|e| RunError::Other(e.to_string()))?;
     write_private(&dir.join("ca.key"), &ca.key_pem())?;
-    write_private(&dir.join("node.key"), &node.key_pem)?;
-    std::fs::write(dir.join("ca.pem"), ca.cert_pem())
-        .map_err(|e| files_error(&dir.join("ca.pem"), e))?;
-    std::fs::write(dir.join("node.pem"), &node.cert_pem)
-        .map_err(|e| files_error(&dir.join("node.pem"), e))?;
     let file = NodeFile {
         id: 1,
         cluster_name: cluster_name.to_string(),
@@ -119,8 +114,23 @@ pub fn init(
         admin_addr,
         admin_tls,
     };
-    let json = serde_json::to_string_pretty(&file).map_err(|e| RunError::Other(e.to_string()))?;
-    // Written last: its presence means the directory is complete.
+    write_identity(dir, ca.cert_pem(), &node.cert_pem, &node.key_pem, &file)
+}
+
+/// Writes a node's certificate, key, the CA certificate and, last (its presence means the
+/// directory is complete), `node.json`.
+fn write_identity(
+    dir: &Path,
+    ca_cert_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    file: &NodeFile,
+) -> Result<NodeConfig, RunError> {
+    write_private(&dir.join("node.key"), key_pem)?;
+    for (name, pem) in [("ca.pem", ca_cert_pem), ("node.pem", cert_pem)] {
+        std::fs::write(dir.join(name), pem).map_err(|e| files_error(&dir.join(name), e))?;
+    }
+    let json = serde_json::to_string_pretty(file).map_err(|e| RunError::Other(e.to_string()))?;
     std::fs::write(dir.join("node.json"), json)
         .map_err(|e| files_error(&dir.join("node.json"), e))?;
     load_config(dir)
@@ -138,11 +148,6 @@ pub fn write_joined(
         return Err(RunError::AlreadyInitialized(dir.display().to_string()));
     }
     std::fs::create_dir_all(dir).map_err(|e| files_error(dir, e))?;
-    write_private(&dir.join("node.key"), &grant.key_pem)?;
-    std::fs::write(dir.join("ca.pem"), &grant.ca_cert_pem)
-        .map_err(|e| files_error(&dir.join("ca.pem"), e))?;
-    std::fs::write(dir.join("node.pem"), &grant.cert_pem)
-        .map_err(|e| files_error(&dir.join("node.pem"), e))?;
     let file = NodeFile {
         id: grant.node_id,
         cluster_name: grant.cluster_name.clone(),
@@ -150,10 +155,13 @@ pub fn write_joined(
         admin_addr,
         admin_tls,
     };
-    let json = serde_json::to_string_pretty(&file).map_err(|e| RunError::Other(e.to_string()))?;
-    std::fs::write(dir.join("node.json"), json)
-        .map_err(|e| files_error(&dir.join("node.json"), e))?;
-    load_config(dir)
+    write_identity(
+        dir,
+        &grant.ca_cert_pem,
+        &grant.cert_pem,
+        &grant.key_pem,
+        &file,
+    )
 }
 
 pub fn load_config(dir: &Path) -> Result<NodeConfig, RunError> {
