@@ -254,3 +254,38 @@ fn the_default_stage_serves_the_root_path_and_named_stages_their_prefix() {
         1.0
     );
 }
+
+/// RFC 9112 §3.2: an HTTP/1.1 request with no Host, or with two, is answered 400, never routed
+/// by whichever Host came first.
+#[test]
+fn requests_with_no_or_two_host_headers_get_400() {
+    use std::io::{Read, Write};
+    let edge = Edge::start(
+        r#"
+apis:
+  - id: shop
+    kind: http
+    routes:
+      - key: GET /x
+        integration: { type: mock, body: "ok" }
+    stages: [{name: s}]
+"#,
+    );
+    let ask = |head: &str| {
+        let mut tcp = std::net::TcpStream::connect(edge.addr).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        write!(tcp, "GET /s/x HTTP/1.1\r\n{head}Connection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        let _ = tcp.read_to_string(&mut answer);
+        answer
+    };
+    let one = ask("Host: shop.portico.localhost\r\n");
+    assert!(one.starts_with("HTTP/1.1 200"), "{one}");
+    let two = ask("Host: other.portico.localhost\r\nHost: shop.portico.localhost\r\n");
+    assert!(two.starts_with("HTTP/1.1 400"), "{two}");
+    assert!(two.contains("2 Host headers"), "{two}");
+    let none = ask("");
+    assert!(none.starts_with("HTTP/1.1 400"), "{none}");
+    assert!(none.contains("no Host header"), "{none}");
+}

@@ -13,6 +13,8 @@ use crate::compile::CompiledStage;
 /// Phase "route": which API, stage and route a request is for.
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
+    #[error("bad request: {reason}")]
+    BadHost { reason: String },
     #[error(
         "the Host {host:?} does not name an API: call https://{{api-id}}.{suffix}/{{stage}}/..."
     )]
@@ -78,6 +80,7 @@ impl GatewayError {
             | GatewayError::Integration(IntegrationError::BodyTooLarge { .. }) => {
                 T::RequestTooLarge
             }
+            GatewayError::Route(RouteError::BadHost { .. }) => T::Default4xx,
             GatewayError::Route(_) => T::ResourceNotFound,
             GatewayError::Integration(e) => match e {
                 IntegrationError::Timeout { .. } => T::IntegrationTimeout,

@@ -145,7 +145,7 @@ fn route<'p>(
     exchange: &mut Exchange,
 ) -> Result<Routed<'p>, RouteError> {
     let suffix = &worker.settings.domain_suffix;
-    let host = request_host(req).unwrap_or("");
+    let host = request_host(req)?;
     let api_id = api_id_from_host(host, suffix).ok_or_else(|| RouteError::NoApiInHost {
         host: host.to_string(),
         suffix: suffix.clone(),
@@ -207,13 +207,27 @@ fn route<'p>(
     }
 }
 
-fn request_host(req: &Request<Incoming>) -> Option<&str> {
-    match req.uri().host() {
-        Some(h) => Some(h),
-        None => req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok()),
+/// The host a request is for: the URI's authority (HTTP/2, absolute-form), else the one Host
+/// header. RFC 9112 §3.2: an HTTP/1.1 request without a Host, or with more than one, is a 400.
+fn request_host(req: &Request<Incoming>) -> Result<&str, RouteError> {
+    if let Some(h) = req.uri().host() {
+        return Ok(h);
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(h), None) => h.to_str().map_err(|_| RouteError::BadHost {
+            reason: "the Host header is not valid text".into(),
+        }),
+        (Some(_), Some(_)) => Err(RouteError::BadHost {
+            reason: format!(
+                "the request has {} Host headers; exactly one is allowed",
+                req.headers().get_all(header::HOST).iter().count()
+            ),
+        }),
+        (None, _) if req.version() == http::Version::HTTP_11 => Err(RouteError::BadHost {
+            reason: "the request has no Host header".into(),
+        }),
+        (None, _) => Ok(""),
     }
 }
 

@@ -1,0 +1,628 @@
+#!/usr/bin/env bash
+# Side-by-side proxy benchmark: backend direct vs nginx reverse proxy vs Portico edge.
+#
+# Method (see bench/README.md): pinned cores (load generator + backend on CPU0, proxy under
+# test on CPU1), interleaved rounds, CPU microseconds per request of the proxy taken from
+# /proc/PID/task/*/schedstat, then open-loop fixed-rate latency at half the nginx capacity.
+#
+# Prints figures only; it never fails on a threshold.
+#
+# Environment:
+#   ROUNDS        saturation rounds (default 3)
+#   DURATION      seconds per saturation run (default 10)
+#   LAT_ROUNDS    fixed-rate latency rounds (default 2)
+#   LAT_DURATION  seconds per fixed-rate run (default 15)
+#   LAT_RATE      fixed rate in req/s (default: half the median nginx-proxy saturation req/s)
+#   PORTICO_BIN   use this binary instead of building target/release/portico
+#   SKIP_PORTICO  1 = only direct and nginx (no build, no Portico)
+#   FORCE_H2LOAD  1 = use the h2load fallback for the fixed-rate phase even if oha is available
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+LAT_ROUNDS=${LAT_ROUNDS:-2}
+LAT_DURATION=${LAT_DURATION:-15}
+LAT_RATE=${LAT_RATE:-}
+SKIP_PORTICO=${SKIP_PORTICO:-0}
+CONNS=32
+LAT_CONNS=32
+
+LOAD_CPU=0      # wrk / oha
+BACKEND_CPU=0   # backend nginx during proxy runs (moved to PROXY_CPU for the direct run)
+PROXY_CPU=1     # proxy under test
+
+BACKEND_PORT=18081
+NGINX_PORT=18082
+PORTICO_PORT=18083
+PORTICO_OPS_PORT=19090
+PORTICO_HOST=bench.portico.localhost
+REQ_PATH=/b/hello
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TOOLS_DIR="$REPO_ROOT/bench/.tools"
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------------------
+# Tools
+# ---------------------------------------------------------------------------------------
+SUDO=
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
+PATH="$PATH:/usr/sbin:/sbin"
+
+ensure_apt_tools() {
+  local missing=0
+  command -v nginx >/dev/null 2>&1 || missing=1
+  command -v wrk >/dev/null 2>&1 || missing=1
+  command -v h2load >/dev/null 2>&1 || missing=1
+  if [ "$missing" -eq 1 ]; then
+    log "installing nginx, wrk, nghttp2-client with apt-get"
+    $SUDO apt-get update
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y nginx wrk nghttp2-client
+  fi
+  command -v nginx >/dev/null 2>&1 || die "nginx not found after install"
+  command -v wrk >/dev/null 2>&1 || die "wrk not found after install"
+  command -v taskset >/dev/null 2>&1 || die "taskset (util-linux) not found"
+  command -v curl >/dev/null 2>&1 || die "curl not found"
+}
+
+# oha for open-loop latency; built once into bench/.tools if not on PATH.
+LAT_TOOL=
+ensure_oha() {
+  if [ -x "$TOOLS_DIR/bin/oha" ]; then PATH="$TOOLS_DIR/bin:$PATH"; fi
+  if ! command -v oha >/dev/null 2>&1; then
+    if command -v cargo >/dev/null 2>&1; then
+      log "oha not on PATH: cargo install oha --locked --root bench/.tools (takes a few minutes)"
+      if cargo install oha --locked --root "$TOOLS_DIR" >&2; then
+        PATH="$TOOLS_DIR/bin:$PATH"
+      else
+        log "warning: building oha failed"
+      fi
+    fi
+    if ! grep -qxF 'bench/.tools' "$REPO_ROOT/.gitignore" 2>/dev/null \
+       && ! grep -qxF '/bench/.tools/' "$REPO_ROOT/.gitignore" 2>/dev/null; then
+      echo 'bench/.tools' >> "$REPO_ROOT/.gitignore"
+    fi
+  fi
+  if [ "${FORCE_H2LOAD:-0}" = 1 ] && command -v h2load >/dev/null 2>&1; then
+    LAT_TOOL=h2load
+  elif command -v oha >/dev/null 2>&1; then
+    LAT_TOOL=oha
+  elif command -v h2load >/dev/null 2>&1; then
+    LAT_TOOL=h2load
+  else
+    LAT_TOOL=none
+  fi
+}
+
+# oha JSON -> "p50_us p99_us req/s bad responses" where bad = non-200 responses + errors,
+# responses = all responses (jq, else python3).
+oha_fields() {
+  if command -v jq >/dev/null 2>&1; then
+    jq -r 'def us: if . == null then "-" else (. * 1e6 | round | tostring) end;
+      [ (.latencyPercentiles.p50 | us), (.latencyPercentiles.p99 | us),
+        (.summary.requestsPerSec // 0 | round | tostring),
+        ([ ((.statusCodeDistribution // {}) | to_entries[] | select(.key != "200") | .value),
+           ((.errorDistribution // {}) | to_entries[] | .value) ] | add // 0 | tostring),
+        ([ (.statusCodeDistribution // {}) | to_entries[] | .value ] | add // 0 | tostring) ] | join(" ")' "$1"
+  else
+    python3 - "$1" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+us = lambda v: "-" if v is None else str(round(v * 1e6))
+lp = d.get("latencyPercentiles") or {}
+bad = sum(v for k, v in (d.get("statusCodeDistribution") or {}).items() if k != "200")
+bad += sum((d.get("errorDistribution") or {}).values())
+n = sum((d.get("statusCodeDistribution") or {}).values())
+print(us(lp.get("p50")), us(lp.get("p99")), round((d.get("summary") or {}).get("requestsPerSec") or 0), bad, n)
+PY
+  fi
+}
+
+# ---------------------------------------------------------------------------------------
+# Temp dir, processes, cleanup
+# ---------------------------------------------------------------------------------------
+TMP=$(mktemp -d /tmp/portico-bench.XXXXXX)
+BACKEND_MASTER=
+NGINX_MASTER=
+PORTICO_PID=
+WATCH_PID=
+cleanup() {
+  local p
+  for p in $WATCH_PID $PORTICO_PID $NGINX_MASTER $BACKEND_MASTER; do
+    kill -TERM "$p" 2>/dev/null || true
+  done
+  for p in $WATCH_PID $PORTICO_PID $NGINX_MASTER $BACKEND_MASTER; do
+    wait "$p" 2>/dev/null || true
+  done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() { ! ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+for port in $BACKEND_PORT $NGINX_PORT; do
+  port_free "$port" || die "port $port is already in use"
+done
+if [ "$SKIP_PORTICO" != 1 ]; then
+  for port in $PORTICO_PORT $PORTICO_OPS_PORT; do
+    port_free "$port" || die "port $port is already in use"
+  done
+fi
+
+wait_http() { # url [host] -> waits up to 30 s for any HTTP answer
+  local url=$1 host=${2:-} i
+  for i in $(seq 1 300); do
+    if curl -s -o /dev/null ${host:+-H "Host: $host"} --max-time 1 "$url"; then return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+STARTED_PID=
+start_nginx() { # name conf -> sets STARTED_PID (not in a subshell, so we can wait for it)
+  local name=$1 conf=$2
+  mkdir -p "$TMP/$name"
+  nginx -t -q -p "$TMP/$name" -e "$TMP/$name/error.log" -c "$conf" >&2
+  nginx -p "$TMP/$name" -e "$TMP/$name/error.log" -c "$conf" -g 'daemon off;' \
+    </dev/null >"$TMP/$name/stdout.log" 2>&1 &
+  STARTED_PID=$!
+}
+
+nginx_pids() { # master -> master + workers
+  echo "$1"
+  pgrep -P "$1" || true
+}
+
+write_nginx_confs() {
+  cat >"$TMP/backend.conf" <<EOF
+worker_processes 1;
+pid $TMP/backend/nginx.pid;
+error_log $TMP/backend/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  # nginx closes a keep-alive connection after 1000 requests by default; h2load (fallback)
+  # does not reconnect in --rps mode, and the churn is noise for everyone else.
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$BACKEND_PORT;
+    location / { return 200 "ok\n"; }
+  }
+}
+EOF
+  cat >"$TMP/nginx-proxy.conf" <<EOF
+worker_processes 1;
+pid $TMP/nginx-proxy/nginx.pid;
+error_log $TMP/nginx-proxy/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream bench_backend {
+    server 127.0.0.1:$BACKEND_PORT;
+    keepalive 64;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://bench_backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+  cat >"$TMP/portico.yaml" <<EOF
+apis:
+  - id: bench
+    kind: http
+    routes:
+      - key: ANY /{proxy+}
+        integration:
+          type: http_proxy
+          uri: http://127.0.0.1:$BACKEND_PORT/{proxy}
+    stages:
+      - name: b
+EOF
+}
+
+# ---------------------------------------------------------------------------------------
+# Measurement helpers
+# ---------------------------------------------------------------------------------------
+# Sum of the first schedstat field (ns on CPU) over every thread of every given process.
+sched_ns() {
+  local p files=()
+  for p in "$@"; do
+    files+=(/proc/"$p"/task/*/schedstat)
+  done
+  cat "${files[@]}" 2>/dev/null | awk '{s+=$1} END {printf "%.0f\n", s}'
+}
+
+# /proc/stat, all CPUs, in jiffies: "total:steal:softirq:busy" (busy = user+nice+system+irq+softirq)
+procstat() {
+  awk '/^cpu /{t=0; for(i=2;i<=9;i++) t+=$i; print t ":" $9 ":" $8 ":" ($2+$3+$4+$7+$8); exit}' /proc/stat
+}
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
+# CPU of the load generator: `times` (a builtin, so no fork) reports the CPU of the shell's
+# reaped children; the delta around a run is the load generator's CPU plus a few ms of helpers.
+times_ns() { # file written by `times` -> children user+sys in ns
+  awk 'NR==2{ s=0; for(i=1;i<=2;i++){ v=$i; m=v; sub(/m.*/,"",m); sub(/^[0-9]+m/,"",v); sub(/s$/,"",v); s+=m*60+v } printf "%.0f", s*1e9 }' "$1"
+}
+
+# "steal%/softirq%/other%" of both CPUs between two procstat samples; other% = CPU used by
+# anything other than the load generator, backend and proxy (approximate: tick-based).
+cpu_shares() { # st0 st1 ours_ns
+  awk -v a="$1" -v b="$2" -v ours="$3" -v hz="$CLK_TCK" 'BEGIN{
+    split(a,x,":"); split(b,y,":"); d=y[1]-x[1];
+    if (d<=0) { print "-"; exit }
+    other = 100*((y[4]-x[4])*1e9/hz - ours)/(d*1e9/hz); if (other < 0) other = 0;
+    printf "%.1f/%.0f/%.0f", 100*(y[2]-x[2])/d, 100*(y[3]-x[3])/d, other }'
+}
+
+# wrk latency token (e.g. 123.45us, 1.20ms, 2.00s) -> microseconds
+to_us() {
+  awk -v v="$1" 'BEGIN{
+    n=v; sub(/[a-z]+$/,"",n); u=v; sub(/^[0-9.]+/,"",u);
+    if(u=="us") m=1; else if(u=="ms") m=1000; else if(u=="s") m=1000000; else if(u=="m") m=60000000; else m=1;
+    printf "%.0f", n*m }'
+}
+
+pin_backend() { local p; for p in $(nginx_pids "$BACKEND_MASTER"); do taskset -pc "$1" "$p" >/dev/null; done; }
+pin_nginx_proxy() { local p; for p in $(nginx_pids "$NGINX_MASTER"); do taskset -pc "$1" "$p" >/dev/null; done; }
+pin_portico() { taskset -apc "$1" "$PORTICO_PID" >/dev/null; }
+
+target_url() {
+  case $1 in
+    direct) echo "http://127.0.0.1:$BACKEND_PORT$REQ_PATH" ;;
+    nginx) echo "http://127.0.0.1:$NGINX_PORT$REQ_PATH" ;;
+    portico) echo "http://127.0.0.1:$PORTICO_PORT$REQ_PATH" ;;
+  esac
+}
+target_host() { # Host header value ("" = derived from URL)
+  if [ "$1" = portico ]; then echo "$PORTICO_HOST"; else echo ""; fi
+}
+proxy_pids() {
+  case $1 in
+    nginx) nginx_pids "$NGINX_MASTER" ;;
+    portico) echo "$PORTICO_PID" ;;
+    *) ;;
+  esac
+}
+# Pin for a run of the given target.
+pin_for() {
+  case $1 in
+    direct) pin_backend "$PROXY_CPU" ;;
+    nginx) pin_backend "$BACKEND_CPU"; pin_nginx_proxy "$PROXY_CPU" ;;
+    portico) pin_backend "$BACKEND_CPU"; pin_portico "$PROXY_CPU" ;;
+  esac
+}
+
+# Was a compiler (rustc) running at any time during a run? A background sampler checks every
+# 0.5 s; "y" marks a disturbed run.
+COMPILE_RUNS=0
+rustc_watch_begin() {
+  rm -f "$TMP/rustc.seen"
+  ( while :; do
+      if pgrep rustc >/dev/null 2>&1; then : >"$TMP/rustc.seen"; fi
+      sleep 0.5
+    done ) &
+  WATCH_PID=$!
+}
+rustc_watch_end() { # -> echoes y or n
+  if [ -n "$WATCH_PID" ]; then kill "$WATCH_PID" 2>/dev/null || true; wait "$WATCH_PID" 2>/dev/null || true; fi
+  WATCH_PID=
+  if [ -e "$TMP/rustc.seen" ] || pgrep rustc >/dev/null 2>&1; then echo y; else echo n; fi
+}
+
+declare -A RPS REQS P50 P99 PX_US BE_US BAD STEAL RUSTC
+run_sat() { # target round
+  local t=$1 r=$2 url host out px0 px1 be0 be1 st0 st1 pxp
+  url=$(target_url "$t"); host=$(target_host "$t")
+  pin_for "$t"
+  pxp=$(proxy_pids "$t" | tr '\n' ' ')
+  local c1
+  rustc_watch_begin
+  be0=$(sched_ns $(nginx_pids "$BACKEND_MASTER"))
+  px0=0; [ -n "$pxp" ] && px0=$(sched_ns $pxp)
+  st0=$(procstat)
+  times >"$TMP/times0"
+  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency \
+        ${host:+-H "Host: $host"} "$url" 2>&1) || true
+  times >"$TMP/times1"
+  st1=$(procstat)
+  be1=$(sched_ns $(nginx_pids "$BACKEND_MASTER"))
+  px1=0; [ -n "$pxp" ] && px1=$(sched_ns $pxp)
+  c1=$(rustc_watch_end)
+  if [ "$c1" = y ]; then RUSTC[$t,$r]=y; COMPILE_RUNS=$((COMPILE_RUNS + 1)); else RUSTC[$t,$r]=n; fi
+
+  local reqs rps p50 p99 non2xx sockerr
+  reqs=$(awk '/requests in/{print $1; exit}' <<<"$out")
+  rps=$(awk '/^Requests\/sec:/{print $2; exit}' <<<"$out")
+  p50=$(awk '/^ +50%/{print $2; exit}' <<<"$out")
+  p99=$(awk '/^ +99%/{print $2; exit}' <<<"$out")
+  non2xx=$(awk '/Non-2xx or 3xx responses:/{print $NF; exit}' <<<"$out")
+  sockerr=$(awk '/Socket errors:/{sub(/^ *Socket errors: */,""); print; exit}' <<<"$out")
+  if [ -z "$reqs" ] || [ -z "$rps" ]; then
+    log "wrk output for $t (round $r) could not be parsed:"; log "$out"
+    reqs=0; rps=0; p50=0us; p99=0us
+  fi
+  RPS[$t,$r]=$(printf '%.0f' "$rps")
+  REQS[$t,$r]=$reqs
+  P50[$t,$r]=$(to_us "$p50")
+  P99[$t,$r]=$(to_us "$p99")
+  if [ "$reqs" -gt 0 ]; then
+    BE_US[$t,$r]=$(awk -v a="$be0" -v b="$be1" -v n="$reqs" 'BEGIN{printf "%.2f", (b-a)/n/1000}')
+    if [ -n "$pxp" ]; then
+      PX_US[$t,$r]=$(awk -v a="$px0" -v b="$px1" -v n="$reqs" 'BEGIN{printf "%.2f", (b-a)/n/1000}')
+    else
+      PX_US[$t,$r]=-
+    fi
+  else
+    BE_US[$t,$r]=-; PX_US[$t,$r]=-
+  fi
+  local lg_ns
+  lg_ns=$(( $(times_ns "$TMP/times1") - $(times_ns "$TMP/times0") ))
+  STEAL[$t,$r]=$(cpu_shares "$st0" "$st1" $(( lg_ns + (be1 - be0) + (px1 - px0) )))
+  BAD[$t,$r]="${non2xx:-0}"
+  if [ -n "$sockerr" ]; then BAD[$t,$r]="${BAD[$t,$r]} sock[$sockerr]"; fi
+}
+
+median() { # values... (non-numeric ignored)
+  printf '%s\n' "$@" | { grep -E '^-?[0-9.]+$' || true; } | sort -g | awk '{a[NR]=$1}
+    END{ if(NR==0) print "n/a"; else if(NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2 }'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b>0) printf "%.3f", a/b; else print "-" }'; }
+
+# ---------------------------------------------------------------------------------------
+# Start
+# ---------------------------------------------------------------------------------------
+ensure_apt_tools
+
+TARGETS=(direct nginx)
+if [ "$SKIP_PORTICO" != 1 ]; then
+  TARGETS+=(portico)
+  PORTICO_REV=$(cd "$REPO_ROOT" && git rev-parse --short HEAD 2>/dev/null || echo "no git")
+  if [ -n "$(cd "$REPO_ROOT" && git status --porcelain -- src node proto control Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+    PORTICO_REV="$PORTICO_REV + uncommitted changes"
+  fi
+  if [ -z "${PORTICO_BIN:-}" ]; then
+    log "building Portico: cargo build --release (in $REPO_ROOT)"
+    (cd "$REPO_ROOT" && cargo build --release >&2)
+    PORTICO_BIN="$REPO_ROOT/target/release/portico"
+    PORTICO_REV="built from $PORTICO_REV"
+  else
+    PORTICO_REV="prebuilt PORTICO_BIN; repo is at $PORTICO_REV"
+  fi
+  [ -x "$PORTICO_BIN" ] || die "Portico binary not found: $PORTICO_BIN"
+fi
+
+ensure_oha
+
+write_nginx_confs
+start_nginx backend "$TMP/backend.conf"; BACKEND_MASTER=$STARTED_PID
+wait_http "http://127.0.0.1:$BACKEND_PORT/" || die "backend nginx did not start: $(cat "$TMP/backend/error.log" 2>/dev/null)"
+start_nginx nginx-proxy "$TMP/nginx-proxy.conf"; NGINX_MASTER=$STARTED_PID
+wait_http "http://127.0.0.1:$NGINX_PORT/" || die "nginx proxy did not start: $(cat "$TMP/nginx-proxy/error.log" 2>/dev/null)"
+
+PORTICO_NOTE=""
+if [ "$SKIP_PORTICO" != 1 ]; then
+  "$PORTICO_BIN" edge --config "$TMP/portico.yaml" --listen "127.0.0.1:$PORTICO_PORT" \
+    --ops-listen "127.0.0.1:$PORTICO_OPS_PORT" --workers 1 --access-log off \
+    </dev/null >"$TMP/portico.log" 2>&1 &
+  PORTICO_PID=$!
+  ready=0
+  for _ in $(seq 1 300); do
+    if curl -sf --max-time 1 -o /dev/null "http://127.0.0.1:$PORTICO_OPS_PORT/readyz"; then ready=1; break; fi
+    kill -0 "$PORTICO_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ "$ready" != 1 ]; then
+    log "Portico did not become ready (readyz). Log:"; tail -n 40 "$TMP/portico.log" >&2 || true
+    die "Portico did not start"
+  fi
+fi
+
+# Sanity: one request per target, show status + body.
+echo "== Sanity check (one request each)"
+for t in "${TARGETS[@]}"; do
+  host=$(target_host "$t")
+  res=$(curl -s --max-time 5 -o "$TMP/body.$t" -w '%{http_code}' ${host:+-H "Host: $host"} "$(target_url "$t")" || true)
+  printf '  %-8s %s  status=%s body=%q\n' "$t" "$(target_url "$t")" "$res" "$(head -c 200 "$TMP/body.$t" 2>/dev/null)"
+  if [ "$res" != 200 ]; then
+    echo "  WARNING: $t did not answer 200; its figures below are not comparable"
+    [ "$t" = portico ] && PORTICO_NOTE="sanity request returned status $res"
+  fi
+done
+
+# Warm-up (connections, upstream pools, page cache), 2 s each, not recorded.
+for t in "${TARGETS[@]}"; do
+  pin_for "$t"; host=$(target_host "$t")
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s ${host:+-H "Host: $host"} "$(target_url "$t")" >/dev/null 2>&1 || true
+done
+
+
+# ---------------------------------------------------------------------------------------
+# Saturation rounds
+# ---------------------------------------------------------------------------------------
+echo
+echo "== Saturation: wrk -t1 -c$CONNS -d${DURATION}s --latency, $ROUNDS interleaved rounds"
+echo "   pinning: wrk CPU$LOAD_CPU; direct: backend CPU$PROXY_CPU; proxies: proxy CPU$PROXY_CPU, backend CPU$BACKEND_CPU"
+echo "   proxy_us = CPU µs/request of the proxy (all its processes/threads); backend_us likewise for the backend nginx"
+echo "   st/si/other% = % of both CPUs' time during the run in steal / softirq / other processes than wrk, backend, proxy"
+echo "   rustc = a compiler ran during the run"
+echo "   bad = non-2xx/3xx responses [socket errors]"
+fmt='%-8s %10s %9s %9s %9s %11s %8s %12s %5s  %s\n'
+for r in $(seq 1 "$ROUNDS"); do
+  for t in "${TARGETS[@]}"; do run_sat "$t" "$r"; done
+  echo
+  echo "Round $r"
+  printf "$fmt" target 'req/s' 'p50_us' 'p99_us' proxy_us backend_us px/be st/si/other% rustc bad
+  for t in "${TARGETS[@]}"; do
+    printf "$fmt" "$t" "${RPS[$t,$r]}" "${P50[$t,$r]}" "${P99[$t,$r]}" "${PX_US[$t,$r]}" \
+      "${BE_US[$t,$r]}" "$(ratio "${PX_US[$t,$r]}" "${BE_US[$t,$r]}")" "${STEAL[$t,$r]}" "${RUSTC[$t,$r]}" "${BAD[$t,$r]}"
+  done
+  if [ "$SKIP_PORTICO" != 1 ]; then
+    echo "  portico/nginx CPU per request: $(ratio "${PX_US[portico,$r]}" "${PX_US[nginx,$r]}")"
+  fi
+done
+
+declare -A MED_RPS MED_PX MED_BE MED_P50 MED_P99
+for t in "${TARGETS[@]}"; do
+  v=(); for r in $(seq 1 "$ROUNDS"); do v+=("${RPS[$t,$r]}"); done; MED_RPS[$t]=$(median "${v[@]}")
+  v=(); for r in $(seq 1 "$ROUNDS"); do v+=("${PX_US[$t,$r]}"); done; MED_PX[$t]=$(median "${v[@]}")
+  v=(); for r in $(seq 1 "$ROUNDS"); do v+=("${BE_US[$t,$r]}"); done; MED_BE[$t]=$(median "${v[@]}")
+  v=(); for r in $(seq 1 "$ROUNDS"); do v+=("${P50[$t,$r]}"); done; MED_P50[$t]=$(median "${v[@]}")
+  v=(); for r in $(seq 1 "$ROUNDS"); do v+=("${P99[$t,$r]}"); done; MED_P99[$t]=$(median "${v[@]}")
+done
+per_round_ratio_median() { # num_target num_arr den_target den_arr
+  local -n A=$2 B=$4; local r v=()
+  for r in $(seq 1 "$ROUNDS"); do v+=("$(ratio "${A[$1,$r]}" "${B[$3,$r]}")"); done
+  median "${v[@]}"
+}
+R_NGX_BE=$(per_round_ratio_median nginx PX_US nginx BE_US)
+R_POR_BE=n/a; R_POR_NGX=n/a
+if [ "$SKIP_PORTICO" != 1 ]; then
+  R_POR_BE=$(per_round_ratio_median portico PX_US portico BE_US)
+  R_POR_NGX=$(per_round_ratio_median portico PX_US nginx PX_US)
+fi
+
+echo
+echo "Medians over $ROUNDS rounds"
+printf "$fmt" target 'req/s' 'p50_us' 'p99_us' proxy_us backend_us '' '' '' ''
+for t in "${TARGETS[@]}"; do
+  printf "$fmt" "$t" "${MED_RPS[$t]}" "${MED_P50[$t]}" "${MED_P99[$t]}" "${MED_PX[$t]}" "${MED_BE[$t]}" '' '' '' ''
+done
+echo "Ratios (median of per-round ratios, CPU µs per request):"
+echo "  portico / nginx   : $R_POR_NGX"
+echo "  portico / backend : $R_POR_BE"
+echo "  nginx / backend   : $R_NGX_BE"
+echo "  (wrk p50/p99 at saturation include queueing and coordinated omission; use the fixed-rate figures below for latency)"
+
+# ---------------------------------------------------------------------------------------
+# Fixed-rate latency (open loop)
+# ---------------------------------------------------------------------------------------
+if [ -z "$LAT_RATE" ]; then
+  LAT_RATE=$(awk -v m="${MED_RPS[nginx]}" 'BEGIN{ if (m ~ /^[0-9.]+$/) printf "%d", m/2; else print 0 }')
+fi
+declare -A L50 L99 LBAD
+LAT_DESC=
+echo
+if [ "$LAT_RATE" -le 0 ] || [ "$LAT_TOOL" = none ]; then
+  echo "== Fixed-rate latency skipped (rate=$LAT_RATE, tool=$LAT_TOOL)"
+else
+  if [ "$LAT_TOOL" = oha ]; then
+    OHA_JSON_ARGS=(--output-format json)
+    if ! oha --help 2>&1 | grep -q -- '--output-format'; then OHA_JSON_ARGS=(-j); fi
+    LAT_DESC="oha $(oha --version 2>/dev/null | awk '{print $2}') -q $LAT_RATE --latency-correction -z ${LAT_DURATION}s -c $LAT_CONNS -w --no-tui ${OHA_JSON_ARGS[*]}"
+  else
+    PER_CLIENT=$(( (LAT_RATE + LAT_CONNS - 1) / LAT_CONNS ))
+    LAT_DESC="h2load --h1 -c $LAT_CONNS --rps=$PER_CLIENT -D $LAT_DURATION (FALLBACK: oha unavailable; h2load's per-client timers send bursts, so these numbers are burst-affected, and h2load reports no percentiles: mean and max are shown in the p50/p99 columns)"
+  fi
+  echo "== Fixed-rate latency at $LAT_RATE req/s (half the median nginx-proxy saturation req/s), $LAT_ROUNDS interleaved rounds"
+  echo "   $LAT_DESC"
+  lfmt='%-6s %-8s %10s %10s %10s %9s %12s %5s  %s\n'
+  printf "$lfmt" round target 'p50_us' 'p99_us' 'req/s' proxy_us st/si/other% rustc 'bad'
+  for r in $(seq 1 "$LAT_ROUNDS"); do
+    for t in "${TARGETS[@]}"; do
+      pin_for "$t"; host=$(target_host "$t"); url=$(target_url "$t")
+      pxp=$(proxy_pids "$t" | tr '\n' ' ')
+      rustc_watch_begin
+      be0=$(sched_ns $(nginx_pids "$BACKEND_MASTER"))
+      px0=0; [ -n "$pxp" ] && px0=$(sched_ns $pxp)
+      st0=$(procstat)
+      times >"$TMP/times0"
+      if [ "$LAT_TOOL" = oha ]; then
+        taskset -c "$LOAD_CPU" oha -q "$LAT_RATE" --latency-correction -z "${LAT_DURATION}s" \
+          -c "$LAT_CONNS" -w --no-tui "${OHA_JSON_ARGS[@]}" ${host:+--host "$host"} "$url" \
+          >"$TMP/oha.$t.$r.json" 2>"$TMP/oha.$t.$r.err" || true
+        f="$TMP/oha.$t.$r.json"
+        if [ -s "$f" ]; then
+          read -r "L50[$t,$r]" "L99[$t,$r]" lrps "LBAD[$t,$r]" lreqs <<<"$(oha_fields "$f")"
+        else
+          L50[$t,$r]=-; L99[$t,$r]=-; lrps=-; lreqs=0; LBAD[$t,$r]="oha failed: $(head -c 200 "$TMP/oha.$t.$r.err")"
+        fi
+      else
+        # h2load --h1 -H 'Host: x' sends a second Host header next to the one from the URL, so
+        # put the name in the URL and connect to 127.0.0.1 explicitly instead.
+        h2url=$url; h2args=()
+        if [ -n "$host" ]; then
+          h2url="http://$host:$PORTICO_PORT$REQ_PATH"; h2args=(--connect-to="127.0.0.1:$PORTICO_PORT")
+        fi
+        out=$(taskset -c "$LOAD_CPU" h2load --h1 -c "$LAT_CONNS" --rps="$PER_CLIENT" -D "$LAT_DURATION" \
+              "${h2args[@]}" "$h2url" 2>&1) || true
+        L50[$t,$r]=$(to_us "$(awk '/^time for request:/{print $6; exit}' <<<"$out")")
+        L99[$t,$r]=$(to_us "$(awk '/^time for request:/{print $5; exit}' <<<"$out")")
+        lrps=$(awk '/^finished in/{gsub(/,/,""); print int($4); exit}' <<<"$out")
+        LBAD[$t,$r]=$(awk '/^status codes:/{print $5+$7+$9; exit}' <<<"$out")
+        lreqs=$(awk '/^requests:/{print $2; exit}' <<<"$out")
+      fi
+      times >"$TMP/times1"
+      st1=$(procstat)
+      be1=$(sched_ns $(nginx_pids "$BACKEND_MASTER"))
+      px1=0; [ -n "$pxp" ] && px1=$(sched_ns $pxp)
+      lg_ns=$(( $(times_ns "$TMP/times1") - $(times_ns "$TMP/times0") ))
+      shares=$(cpu_shares "$st0" "$st1" $(( lg_ns + (be1 - be0) + (px1 - px0) )))
+      lpx=-
+      if [ -n "$pxp" ] && [[ "${lreqs:-}" =~ ^[0-9]+$ ]] && [ "$lreqs" -gt 0 ]; then
+        lpx=$(awk -v a="$px0" -v b="$px1" -v n="$lreqs" 'BEGIN{printf "%.2f", (b-a)/n/1000}')
+      fi
+      lc=$(rustc_watch_end)
+      if [ "$lc" = y ]; then COMPILE_RUNS=$((COMPILE_RUNS + 1)); fi
+      printf "$lfmt" "$r" "$t" "${L50[$t,$r]}" "${L99[$t,$r]}" "$lrps" "$lpx" "$shares" "$lc" "${LBAD[$t,$r]}"
+    done
+  done
+  echo "Medians (of $LAT_ROUNDS rounds):"
+  for t in "${TARGETS[@]}"; do
+    v50=(); v99=()
+    for r in $(seq 1 "$LAT_ROUNDS"); do v50+=("${L50[$t,$r]}"); v99+=("${L99[$t,$r]}"); done
+    printf '  %-8s p50 %s us   p99 %s us\n' "$t" "$(median "${v50[@]}")" "$(median "${v99[@]}")"
+  done
+fi
+
+# ---------------------------------------------------------------------------------------
+# Summary
+# ---------------------------------------------------------------------------------------
+echo
+echo "== Summary"
+echo "date        : $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+echo "kernel      : $(uname -r)"
+echo "cpu         : $(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo), nproc $(nproc)"
+echo "tools       : $(wrk --version 2>&1 | head -1 | awk '{print "wrk", $2}'), $(nginx -v 2>&1 | sed 's/^nginx version: //'), latency: ${LAT_TOOL}"
+if [ "$SKIP_PORTICO" != 1 ]; then
+  echo "portico     : $PORTICO_BIN ($PORTICO_REV)"
+fi
+echo "settings    : ROUNDS=$ROUNDS DURATION=${DURATION}s conns=$CONNS; fixed rate $LAT_RATE req/s, ${LAT_ROUNDS}x${LAT_DURATION}s"
+for t in "${TARGETS[@]}"; do
+  printf 'median %-8s: %s req/s, proxy %s us/req, backend %s us/req\n' "$t" "${MED_RPS[$t]}" "${MED_PX[$t]}" "${MED_BE[$t]}"
+done
+echo "ratio portico/nginx   CPU/req: $R_POR_NGX"
+echo "ratio portico/backend CPU/req: $R_POR_BE"
+echo "ratio nginx/backend   CPU/req: $R_NGX_BE"
+if [ -n "$LAT_DESC" ]; then
+  for t in "${TARGETS[@]}"; do
+    v50=(); v99=()
+    for r in $(seq 1 "$LAT_ROUNDS"); do v50+=("${L50[$t,$r]}"); v99+=("${L99[$t,$r]}"); done
+    printf 'fixed %s req/s %-8s: p50 %s us, p99 %s us\n' "$LAT_RATE" "$t" "$(median "${v50[@]}")" "$(median "${v99[@]}")"
+  done
+fi
+if [ "$COMPILE_RUNS" != 0 ]; then
+  echo "note        : a rustc process ran during $COMPILE_RUNS run(s) (rustc=y); those figures are disturbed"
+else
+  echo "note        : no rustc process seen during any run"
+fi
+[ -n "$PORTICO_NOTE" ] && echo "note        : Portico $PORTICO_NOTE"
+if [ "$SKIP_PORTICO" != 1 ]; then
+  any_bad=0
+  for k in "${!BAD[@]}"; do
+    case $k in portico,*) [ "${BAD[$k]}" != 0 ] && any_bad=1 ;; esac
+  done
+  if [ "$any_bad" = 1 ] || [ -n "$PORTICO_NOTE" ]; then
+    echo "note        : Portico returned non-2xx responses or socket errors; last lines of its log:"
+    tail -n 20 "$TMP/portico.log" | sed 's/^/    /'
+  fi
+fi
+exit 0
