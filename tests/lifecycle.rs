@@ -397,14 +397,26 @@ fn portico_dev_answers_the_curl_line_it_prints() {
         .expect("the admin address");
     let out = run_bounded(
         std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
-            .args(["get", "apis", "--output", "json", "--server", admin, "--dev-data"])
+            .args([
+                "get",
+                "apis",
+                "--output",
+                "json",
+                "--server",
+                admin,
+                "--dev-data",
+            ])
             .arg(data.path())
             .env_remove("PORTICO_TOKEN"),
         Duration::from_secs(10),
     )
     .unwrap();
     let listed = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{listed}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{listed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(listed.contains("\"id\": \"demo\""), "{listed}");
     drop(dev);
 }

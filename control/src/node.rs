@@ -224,6 +224,10 @@ impl Backend for ControlNode {
         }
     }
 
+    fn leader_elsewhere(&self) -> Option<Option<String>> {
+        (!self.is_leader()).then(|| self.leader_admin())
+    }
+
     async fn join(&self, member: Member) -> Result<JoinGrant, ProposeError> {
         if !self.is_leader() {
             return Err(ProposeError::NotLeader {
@@ -249,13 +253,18 @@ impl Backend for ControlNode {
             .ok_or_else(|| ProposeError::Internal("the cluster has no CA yet".into()))?;
         let ca = crate::transport::ClusterCa::from_pem(&ca.cert_pem, &ca.key_pem)
             .map_err(|e| ProposeError::Internal(format!("cluster CA: {e}")))?;
-        let id = members
-            .keys()
-            .max()
-            .copied()
-            .unwrap_or(0)
-            .max(self.config.id)
-            + 1;
+        // The id is the log index of the admission: unique for the life of the cluster, so a
+        // departed node's id (and certificate) is never handed to another.
+        let id = match self
+            .propose(Command::AdmitMember {
+                raft_addr: member.raft_addr.clone(),
+                admin_addr: member.admin_addr.clone(),
+            })
+            .await?
+        {
+            Applied::Done { revision } => revision,
+            Applied::Rejected { rejection, .. } => return Err(ProposeError::Rejected(rejection)),
+        };
         // The certificate serves both Raft and (with HTTPS) the admin API: both addresses.
         let mut hosts = Vec::new();
         for addr in [

@@ -57,6 +57,19 @@ pub enum Command {
     SetClusterCa {
         ca: CaRecord,
     },
+    /// Records the admission of a control node; the entry's index becomes its node id.
+    AdmitMember {
+        raft_addr: String,
+        admin_addr: String,
+    },
+}
+
+/// A control node admitted to the cluster (its id is the key: the admission's log index).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admission {
+    pub raft_addr: String,
+    pub admin_addr: String,
+    pub at_ms: u64,
 }
 
 /// The cluster CA. Its key is replicated to every control node (as etcd's peer CA is kept on
@@ -148,6 +161,8 @@ pub struct State {
     pub deployments: BTreeMap<String, BTreeMap<String, Versioned<Deployment>>>,
     pub tokens: BTreeMap<String, Versioned<TokenRecord>>,
     pub cluster_ca: Option<CaRecord>,
+    /// Every control node ever admitted by `join`, by node id.
+    pub admissions: BTreeMap<u64, Admission>,
 }
 
 impl State {
@@ -260,6 +275,25 @@ impl State {
                     Ok(())
                 }
             },
+            Command::AdmitMember {
+                raft_addr,
+                admin_addr,
+            } => {
+                if raft_addr.len() > 256 || admin_addr.len() > 256 {
+                    return Err(Rejection::Invalid(vec![
+                        "member: addresses are at most 256 characters".into(),
+                    ]));
+                }
+                self.admissions.insert(
+                    index,
+                    Admission {
+                        raft_addr: raft_addr.clone(),
+                        admin_addr: admin_addr.clone(),
+                        at_ms: at,
+                    },
+                );
+                Ok(())
+            }
             Command::DeleteToken { id } => match self.tokens.remove(id) {
                 Some(_) => Ok(()),
                 None => Err(Rejection::NotFound {

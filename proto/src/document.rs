@@ -84,8 +84,17 @@ fn parse_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> Docume
         } else {
             path
         },
-        message: e.inner().to_string(),
+        message: without_path_prefix(&e.inner().to_string(), &e.path().to_string()),
     }
+}
+
+/// serde_norway puts the path it knows in front of its messages; the path is reported apart.
+fn without_path_prefix(message: &str, path: &str) -> String {
+    message
+        .strip_prefix(path)
+        .and_then(|rest| rest.strip_prefix(": "))
+        .unwrap_or(message)
+        .to_string()
 }
 
 #[cfg(test)]
@@ -110,6 +119,11 @@ mod tests {
             err.to_string()
                 .starts_with("apis[0].routes[1].integration.timeout_ms:"),
             "{err}"
+        );
+        assert_eq!(
+            err.to_string().matches("timeout_ms").count(),
+            1,
+            "the path is said once: {err}"
         );
 
         let bad = EXAMPLE.replace(

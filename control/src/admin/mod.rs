@@ -48,6 +48,8 @@ pub trait Backend: Send + Sync + 'static {
     fn read_barrier(&self) -> impl Future<Output = Result<(), ProposeError>> + Send;
     /// Members, leader, term, indexes and lag, as JSON.
     fn cluster_status(&self) -> serde_json::Value;
+    /// `None` on the leader; otherwise where the leader's admin API is, when one is known.
+    fn leader_elsewhere(&self) -> Option<Option<String>>;
     /// Admits a new control node as a learner and issues its certificate (leader only).
     fn join(&self, member: Member) -> impl Future<Output = Result<JoinGrant, ProposeError>> + Send;
     /// Makes a learner a voter (leader only).

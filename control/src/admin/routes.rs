@@ -39,6 +39,14 @@ pub async fn handle<B: Backend>(backend: &B, req: &Request<Bytes>) -> Outcome {
         .and_then(|v| v.to_str().ok());
     let role = match auth::authenticate(&state, authorization) {
         Ok(role) => role,
+        // A token this follower has not replicated yet may be brand new: the leader knows
+        // every committed token, so it decides.
+        Err(AuthError::Invalid) if !req.headers().contains_key(super::FORWARDED) => {
+            match backend.leader_elsewhere() {
+                Some(leader_admin) => return Outcome::Forward { leader_admin },
+                None => return done(auth_error(AuthError::Invalid)),
+            }
+        }
         Err(e) => return done(auth_error(e)),
     };
     let writes = !matches!(method, Method::GET | Method::HEAD);
