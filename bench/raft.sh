@@ -8,7 +8,9 @@
 # HTTP/1.1 connection. Both answer after a quorum commit. Per round: SEQ_WRITES writes from one
 # client (commit latency), then CONC_WRITES writes from CLIENTS clients (throughput). Rounds
 # alternate which system goes first. Also reported: CPU time of all three nodes of the system
-# under test per write (from /proc/PID/task/*/schedstat).
+# under test per write (from /proc/PID/task/*/schedstat), and how much CPU anything else on the
+# machine used meanwhile (other_pct, of all CPUs) and the hypervisor's steal (steal_pct): on a
+# shared machine, compare rounds with little of either.
 #
 # Prints figures only; it never fails on a threshold. It exits non-zero only if something
 # cannot be set up (a port is taken, a cluster does not form).
@@ -77,7 +79,9 @@ if [ -n "${PORTICO_BIN:-}" ]; then
 else
   log "building portico (cargo build --release)"
   (cd "$REPO_ROOT" && cargo build --release >&2)
-  PORTICO_BIN="$REPO_ROOT/target/release/portico"
+  target_dir=${CARGO_TARGET_DIR:-target}
+  case $target_dir in /*) ;; *) target_dir="$REPO_ROOT/$target_dir" ;; esac
+  PORTICO_BIN="$target_dir/release/portico"
 fi
 
 # ---------------------------------------------------------------------------------------
@@ -258,24 +262,47 @@ print(f"4 KiB append + fdatasync p50 {samples[len(samples) // 2] / 1000:.0f} us,
 PY
 }
 
+# "busy steal" jiffies (USER_HZ) of all CPUs, from /proc/stat: busy is user, nice, system, irq
+# and softirq (not idle, iowait or steal).
+cpu_jiffies() {
+  awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat
+}
+
+NCPU=$(nproc)
 RESULTS="$WORK/results.txt"
 : >"$RESULTS"
 # run SYSTEM PHASE ROUND WRITES CLIENTS
 run() {
-  local system=$1 phase=$2 round=$3 writes=$4 clients=$5 addr pids token=() before after line
-  local tag="r${round}${phase:0:1}"
+  local system=$1 phase=$2 round=$3 writes=$4 clients=$5 addr pids token=() line
+  local tag="r${round}${phase:0:1}" before after t0 t1 busy0 steal0 busy1 steal1
   if [ "$system" = etcd ]; then
     addr="127.0.0.1:$ETCD_LEADER_PORT"; pids=("${ETCD_PIDS[@]}")
   else
     addr=$LEADER_ADMIN; pids=("${PORTICO_PIDS[@]}"); token=(--token "$TOKEN")
   fi
-  before=$(cpu_ns "${pids[@]}")
+  before=$(cpu_ns "${ETCD_PIDS[@]}" "${PORTICO_PIDS[@]}")
+  read -r busy0 steal0 < <(cpu_jiffies)
+  local sut0; sut0=$(cpu_ns "${pids[@]}")
+  t0=$(date +%s%N)
   line=$(timeout "$RUN_TIMEOUT" "$LOAD" --system "$system" --addr "$addr" "${token[@]}" \
     --writes "$writes" --clients "$clients" --tag "$tag" --object-bytes "$OBJECT_BYTES" \
     --warmup "$WARMUP" --keys "$FIXED_KEYS") || { log "warning: $system $phase round $round failed"; return 0; }
-  after=$(cpu_ns "${pids[@]}")
-  # CPU per write includes the warm-up writes' share, which is small.
-  line+=" cpu_us_per_write=$(( (after - before) / 1000 / (writes + WARMUP) ))"
+  t1=$(date +%s%N)
+  local sut1; sut1=$(cpu_ns "${pids[@]}")
+  read -r busy1 steal1 < <(cpu_jiffies)
+  after=$(cpu_ns "${ETCD_PIDS[@]}" "${PORTICO_PIDS[@]}")
+  # CPU per write of the system under test (all 3 nodes); includes the warm-up writes' share.
+  line+=" cpu_us_per_write=$(( (sut1 - sut0) / 1000 / (writes + WARMUP) ))"
+  # What else ran meanwhile: all CPUs' busy time minus both clusters and the load generator,
+  # as a share of the run's wall time on all CPUs; and the steal.
+  local client_ms wall_ms busy_ms other_ms
+  client_ms=$(printf '%s\n' "$line" | sed -n 's/.*client_cpu_ms=\([0-9]*\).*/\1/p')
+  wall_ms=$(( (t1 - t0) / 1000000 + 1 ))
+  busy_ms=$(( (busy1 - busy0) * 10 ))
+  other_ms=$(( busy_ms - (after - before) / 1000000 - ${client_ms:-0} ))
+  if [ "$other_ms" -lt 0 ]; then other_ms=0; fi  # tick granularity
+  line+=" other_pct=$(( 100 * other_ms / (wall_ms * NCPU) ))"
+  line+=" steal_pct=$(( 100 * (steal1 - steal0) * 10 / (wall_ms * NCPU) ))"
   printf 'round=%s phase=%s %s\n' "$round" "$phase" "$line" | tee -a "$RESULTS"
 }
 
@@ -300,17 +327,18 @@ for line in open(sys.argv[1]):
 def med(system, phase, key):
     vals = [float(r[key]) for r in rows if r["system"] == system and r["phase"] == phase and r.get(key) not in (None, "NaN", "nan")]
     return statistics.median(vals) if vals else float("nan")
-print("Medians over rounds (latency in microseconds; cpu = CPU time of all 3 nodes per write):")
+print("Medians over rounds (latency in microseconds; cpu = CPU time of all 3 nodes per write;")
+print("other % = CPU used by anything but the two clusters and the load generator, of all CPUs):")
 print()
-print("| phase | system | p50 | p90 | p99 | mean | writes/s | cpu us/write | errors |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+print("| phase | system | p50 | p90 | p99 | mean | writes/s | cpu us/write | other % | errors |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for phase, label in (("seq", "1 client"), ("conc", "concurrent")):
     for system in ("etcd", "portico"):
         errs = sum(int(r["errors"]) for r in rows if r["system"] == system and r["phase"] == phase)
         clients = next((r["clients"] for r in rows if r["phase"] == phase), "?")
         print(f"| {label} ({clients}) | {system} | {med(system, phase, 'p50_us'):.0f} | {med(system, phase, 'p90_us'):.0f} | "
               f"{med(system, phase, 'p99_us'):.0f} | {med(system, phase, 'mean_us'):.0f} | {med(system, phase, 'wps'):.0f} | "
-              f"{med(system, phase, 'cpu_us_per_write'):.0f} | {errs} |")
+              f"{med(system, phase, 'cpu_us_per_write'):.0f} | {med(system, phase, 'other_pct'):.0f} | {errs} |")
 print()
 print("Ratios portico/etcd, per round then median (latency: < 1 means Portico is faster; writes/s: > 1 means Portico is faster):")
 for phase in ("seq", "conc"):
@@ -333,7 +361,7 @@ if [ "$STRACE" = 1 ]; then
     else pid=$PORTICO_LEADER_PID; addr=$LEADER_ADMIN; token=(--token "$TOKEN"); fi
     echo
     echo "== strace -c -f of the $system leader over $STRACE_WRITES sequential writes (by calls)"
-    strace -c -f -S calls -p "$pid" -o "$WORK/strace.$system" &
+    strace -qq -c -f -S calls -p "$pid" -o "$WORK/strace.$system" &
     spid=$!
     sleep 1
     timeout "$RUN_TIMEOUT" "$LOAD" --system "$system" --addr "$addr" "${token[@]}" \

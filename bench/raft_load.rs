@@ -66,8 +66,13 @@ fn parse_args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let value = it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
-        let number = |v: &str| v.parse::<u64>().unwrap_or_else(|_| usage(&format!("{flag}: {v}")));
+        let value = it
+            .next()
+            .unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        let number = |v: &str| {
+            v.parse::<u64>()
+                .unwrap_or_else(|_| usage(&format!("{flag}: {v}")))
+        };
         match flag.as_str() {
             "--system" => {
                 a.system = match value.as_str() {
@@ -93,7 +98,11 @@ fn parse_args() -> Args {
     if a.system == System::Portico && a.token.is_empty() {
         usage("--token is required for portico");
     }
-    if !a.tag.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+    if !a
+        .tag
+        .bytes()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    {
         usage("--tag must be lowercase letters and digits");
     }
     a
@@ -104,7 +113,11 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 fn base64(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -346,6 +359,26 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1] as f64 / 1000.0
 }
 
+/// CPU time (user + system) this process has used so far, in milliseconds (from
+/// `/proc/self/stat`, in units of USER_HZ = 100 per second); 0 if unreadable.
+fn own_cpu_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may contain spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, so 12 and 13 after the command name.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) * 10
+}
+
 fn main() {
     let args = parse_args();
     // Warm-up writes (not measured) open the connections and warm both sides' caches.
@@ -368,9 +401,12 @@ fn main() {
     } else {
         o.latencies_ns.iter().sum::<u64>() as f64 / ok as f64 / 1000.0
     };
-    let max = o.latencies_ns.last().map_or(f64::NAN, |v| *v as f64 / 1000.0);
+    let max = o
+        .latencies_ns
+        .last()
+        .map_or(f64::NAN, |v| *v as f64 / 1000.0);
     println!(
-        "system={} clients={} writes={} ok={ok} errors={} p50_us={:.0} p90_us={:.0} p99_us={:.0} mean_us={mean:.0} max_us={max:.0} wps={:.0} elapsed_s={:.3}",
+        "system={} clients={} writes={} ok={ok} errors={} p50_us={:.0} p90_us={:.0} p99_us={:.0} mean_us={mean:.0} max_us={max:.0} wps={:.0} elapsed_s={:.3} client_cpu_ms={}",
         match args.system {
             System::Etcd => "etcd",
             System::Portico => "portico",
@@ -383,6 +419,7 @@ fn main() {
         percentile(&o.latencies_ns, 99.0),
         ok as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
+        own_cpu_ms(),
     );
     if let Some(e) = o.first_error {
         eprintln!("raft_load: {} errors; the first: {e}", o.errors);

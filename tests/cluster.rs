@@ -225,10 +225,6 @@ fn restarting_every_node_keeps_the_state() {
 /// and takes its read index as max(first log id of its term, saved committed): the saved
 /// committed pointer must therefore cover every acknowledged write.
 #[test]
-#[ignore = "BUG (working tree: control/src/raft/store, save_committed written with redb \
-            Durability::None): after kill -9 of all nodes the restored leader answers \
-            GET /v1/apis (linearizable) 200 without the last acknowledged write(s) until it \
-            re-learns its commit index"]
 fn linearizable_reads_after_a_crash_of_every_node_see_every_acknowledged_write() {
     let mut c = Cluster::start(3);
     let mut failures = Vec::new();

@@ -1,24 +1,36 @@
 //! Durable Raft storage on redb: one database file per node (`DIR/raft.redb`) holding the log,
-//! the vote and log pointers, and the state machine.
+//! the vote and log pointers, and the state machine's snapshot.
 //!
 //! Tables:
 //! - `log`: log index → a versioned bincode encoding of the [`Entry`].
 //! - `meta`: the file format version, the vote, the last committed and the last purged log id.
-//! - `state_machine`: `applied`, the state machine image after the last applied batch;
-//!   `snapshot_meta` / `snapshot_data`, the current snapshot; `snapshot_seq`, a counter that
-//!   keeps snapshot ids unique.
+//! - `state_machine`: `snapshot_meta` / `snapshot_data`, the current snapshot (a state machine
+//!   image: a small versioned header with last-applied and membership, followed by
+//!   [`State::snapshot`] bytes); `snapshot_seq`, a counter that keeps snapshot ids unique.
 //!
-//! Durability: the state machine is persisted. Every applied batch writes the image (a small
-//! versioned header with last-applied and membership, followed by [`State::snapshot`] bytes) in
-//! a durable transaction before `apply` returns, so a restart comes back at once to the state it
-//! had, without replaying the log, and the log may be purged up to any snapshot. Snapshots are
-//! the same image, stored separately because openraft sends them to lagging members.
+//! Durability: the log is the truth and the state machine is persisted only as snapshots, the
+//! standard design. What a commit costs on disk is one fsync: the one that makes the appended
+//! entries durable before openraft is told they are flushed.
+//! - `append`, `save_vote`, `truncate` and `purge` commit durably (fsync) before they are
+//!   reported done.
+//! - `apply` writes nothing: it changes the in-memory [`State`] only. Writing the whole image
+//!   after every batch would cost an fsync and O(state size) per write.
+//! - `build_snapshot` and `install_snapshot` store the image durably. openraft purges the log
+//!   only up to a snapshot it has built or installed, so the log always holds every entry after
+//!   the stored snapshot.
+//! - At start-up the state machine is the stored snapshot (`applied_state()` answers its log id
+//!   and membership), and openraft re-applies the log entries after it up to the saved
+//!   `committed` log id before the node serves anything; the rest is re-applied once the
+//!   commit index is learned again (as leader, by committing an entry of its term; as follower,
+//!   from the leader).
+//! - `save_committed` commits without fsync (see [`LogStore`]'s `save_committed` for why that
+//!   is safe).
 //!
-//! Every write transaction commits with redb's default durability (fsync) before it is reported
-//! done; every decode has a size limit and a corrupt record becomes a [`StorageError`], never a
-//! panic.
+//! Every decode has a size limit and a corrupt record becomes a [`StorageError`], never a panic.
 
 mod log;
+#[cfg(test)]
+mod raft_tests;
 mod state_machine;
 #[cfg(test)]
 mod tests;
@@ -28,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::AnyError;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -41,8 +53,12 @@ use crate::state::State;
 /// The database file inside the node's storage directory.
 pub const FILE_NAME: &str = "raft.redb";
 
-/// Bumped when the layout of the tables changes incompatibly.
-const FORMAT_VERSION: u64 = 1;
+/// Bumped when the layout of the tables changes incompatibly. Version 1 also stored the state
+/// machine image after every applied batch (`state_machine/applied`); version 2 keeps only
+/// snapshots, and `open` upgrades a version 1 file by dropping that record (its snapshot and
+/// log hold everything the image did).
+const FORMAT_VERSION: u64 = 2;
+const FORMAT_VERSION_PERSISTED_STATE: u64 = 1;
 
 /// Upper bound on what decoding one log entry may claim. bincode counts a varint as the size of
 /// its type, so a claim is at most 8 times the encoded size: [`MAX_ENCODED_ENTRY_BYTES`] is what
@@ -62,7 +78,8 @@ mod key {
     pub const VOTE: &str = "vote";
     pub const COMMITTED: &str = "committed";
     pub const LAST_PURGED: &str = "last_purged";
-    pub const APPLIED: &str = "applied";
+    /// Version 1 only: the state machine image after the last applied batch.
+    pub const APPLIED_V1: &str = "applied";
     pub const SNAPSHOT_META: &str = "snapshot_meta";
     pub const SNAPSHOT_DATA: &str = "snapshot_data";
     pub const SNAPSHOT_SEQ: &str = "snapshot_seq";
@@ -136,6 +153,14 @@ fn open_blocking(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError
         };
         match found {
             Some(FORMAT_VERSION) => {}
+            Some(FORMAT_VERSION_PERSISTED_STATE) => {
+                let mut sm = txn.open_table(SM).map_err(|e| db_err(e.into()))?;
+                sm.remove(key::APPLIED_V1).map_err(|e| db_err(e.into()))?;
+                let v = encode(&FORMAT_VERSION).map_err(corrupt)?;
+                meta.insert(key::FORMAT, v.as_slice())
+                    .map_err(|e| db_err(e.into()))?;
+                tracing::info!(path = %path.display(), "upgraded the Raft database to format version {FORMAT_VERSION}: the state machine is rebuilt from its snapshot and the log");
+            }
             Some(found) => {
                 return Err(StoreError::UnsupportedFormat {
                     path: path.clone(),
@@ -154,7 +179,7 @@ fn open_blocking(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError
     let db = Arc::new(db);
     let log = LogStore::new(db.clone());
     let summary = log.check().map_err(corrupt)?;
-    let image = load_image(&db).map_err(corrupt)?;
+    let image = state_machine::load_snapshot(&db).map_err(corrupt)?;
     let sm = StateMachineStore::new(db, image);
     tracing::info!(
         path = %path.display(),
@@ -162,8 +187,8 @@ fn open_blocking(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError
         committed = ?summary.committed,
         last_purged = ?summary.last_purged,
         log_entries = summary.entries,
-        last_applied = ?sm.last_applied(),
-        "opened the Raft store"
+        snapshot = ?sm.last_applied(),
+        "opened the Raft store; openraft re-applies the committed entries after the snapshot"
     );
     Ok((log, sm))
 }
@@ -176,8 +201,7 @@ struct LogSummary {
     entries: u64,
 }
 
-/// The state machine as persisted after a batch, and as carried in a snapshot: a header, then
-/// the [`State::snapshot`] bytes.
+/// The state machine as carried in a snapshot: a header, then the [`State::snapshot`] bytes.
 struct Image {
     last_applied: Option<LogId>,
     membership: StoredMembership,
@@ -223,15 +247,6 @@ fn decode_image(bytes: &[u8]) -> Result<Image, AnyError> {
         membership,
         state,
     })
-}
-
-fn load_image(db: &Database) -> Result<Option<Image>, AnyError> {
-    let txn = db.begin_read().ctx("reading the state machine")?;
-    let table = txn.open_table(SM).ctx("reading the state machine")?;
-    match table.get(key::APPLIED).ctx("reading the state machine")? {
-        Some(v) => Ok(Some(decode_image(v.value())?)),
-        None => Ok(None),
-    }
 }
 
 /// Log entries are stored in a version envelope too: logs outlive binaries.

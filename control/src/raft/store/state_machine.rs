@@ -18,7 +18,9 @@ use crate::raft::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, Ty
 use crate::state::{Applied, State};
 
 /// The state machine: the in-memory [`State`] (published to readers through an [`ArcSwap`]),
-/// the last applied log id and the last applied membership, persisted after every batch.
+/// the last applied log id and the last applied membership. Nothing of it is written when a
+/// batch is applied: it is persisted as snapshots only, and rebuilt at start-up from the stored
+/// snapshot and the log (see the module docs of [`super`]).
 pub struct StateMachineStore {
     db: Arc<Database>,
     state: Arc<ArcSwap<State>>,
@@ -82,6 +84,7 @@ enum SnapshotRecord {
 }
 
 impl StateMachineStore {
+    /// A state machine at the stored snapshot, or empty without one.
     pub(super) fn new(db: Arc<Database>, image: Option<Image>) -> StateMachineStore {
         let image = image.unwrap_or_else(|| Image {
             last_applied: None,
@@ -204,6 +207,34 @@ fn read_snapshot_meta(
     }
 }
 
+/// Loads the stored snapshot as the state machine to start from, checking that its content
+/// matches its metadata.
+pub(super) fn load_snapshot(db: &Database) -> Result<Option<Image>, AnyError> {
+    let txn = db.begin_read().ctx("reading the snapshot")?;
+    let sm = txn.open_table(SM).ctx("reading the snapshot")?;
+    let Some(meta) = read_snapshot_meta(&sm)? else {
+        return Ok(None);
+    };
+    let data = sm
+        .get(key::SNAPSHOT_DATA)
+        .ctx("reading the snapshot data")?
+        .ok_or_else(|| AnyError::error("the snapshot metadata has no data"))?;
+    let image = decode_image(data.value())?;
+    check_image(&image, &meta)?;
+    Ok(Some(image))
+}
+
+/// A snapshot's content must be what its metadata says it is.
+fn check_image(image: &Image, meta: &SnapshotMeta) -> Result<(), AnyError> {
+    if image.last_applied != meta.last_log_id || image.membership != meta.last_membership {
+        return Err(AnyError::error(format!(
+            "the snapshot's content (last applied {:?}, membership {:?}) does not match its metadata (last log id {:?}, membership {:?})",
+            image.last_applied, image.membership, meta.last_log_id, meta.last_membership
+        )));
+    }
+    Ok(())
+}
+
 fn store_snapshot(
     sm: &mut redb::Table<&'static str, &'static [u8]>,
     meta: &SnapshotMeta,
@@ -233,7 +264,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let db = self.db.clone();
+        // In memory only: the entries are durable in the log, which is replayed after a restart.
+        // There is no I/O here, but copying the state and `State::apply` cost time in
+        // proportion to the state's size, so the batch runs on the blocking pool rather than
+        // hold up the runtime's worker (Raft heartbeats, the admin API) meanwhile.
         let mut state = self.state.load_full();
         let mut last_applied = self.last_applied;
         let mut membership = self.membership.clone();
@@ -257,14 +291,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 }
             }
-            let image = encode_image(&last_applied, &membership, s)?;
-            let txn = db.begin_write().ctx("starting a write transaction")?;
-            {
-                let mut sm = txn.open_table(SM).ctx("opening the state machine table")?;
-                sm.insert(key::APPLIED, image.as_slice())
-                    .ctx("writing the state machine")?;
-            }
-            txn.commit().ctx("committing the state machine")?;
             Ok((state, last_applied, membership, replies))
         })
         .await
@@ -298,19 +324,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let image = blocking(move || {
             // Validate fully before touching anything.
             let image = decode_image(&data)?;
-            if image.last_applied != meta.last_log_id || image.membership != meta.last_membership
-            {
-                return Err(AnyError::error(format!(
-                    "the snapshot's content (last applied {:?}, membership {:?}) does not match its metadata (last log id {:?}, membership {:?})",
-                    image.last_applied, image.membership, meta.last_log_id, meta.last_membership
-                )));
-            }
+            check_image(&image, &meta)?;
+            // Stored durably: after a restart the state machine starts from this snapshot.
             let txn = db.begin_write().ctx("starting a write transaction")?;
             {
                 let mut sm = txn.open_table(SM).ctx("opening the state machine table")?;
                 store_snapshot(&mut sm, &meta, &data)?;
-                sm.insert(key::APPLIED, data.as_slice())
-                    .ctx("writing the state machine")?;
             }
             txn.commit().ctx("committing the installed snapshot")?;
             Ok(image)

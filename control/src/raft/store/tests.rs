@@ -1,11 +1,13 @@
-//! Tests of the redb Raft storage: openraft's conformance suite, restart, snapshots, corruption.
+//! Tests of the redb Raft storage: openraft's conformance suite, restart (the state machine
+//! comes back from the snapshot plus openraft's replay of the log), snapshots, corruption, and
+//! the upgrade from format version 1.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine, StorageHelper};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{
     AnyError, CommittedLeaderId, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder,
@@ -16,16 +18,19 @@ use portico_proto::{
 };
 use redb::{Database, ReadableTable};
 
-use super::{FILE_NAME, FORMAT_VERSION, LOG, LogStore, META, SM, StateMachineStore, StoreError};
-use super::{encode, key, open};
+use super::{
+    FILE_NAME, FORMAT_VERSION, FORMAT_VERSION_PERSISTED_STATE, LOG, LogStore, META, SM,
+    StateMachineStore, StoreError,
+};
+use super::{encode, encode_image, key, open};
 use crate::raft::{Entry, LogId, Member, SnapshotMeta, StorageError, StoredMembership, Vote};
 use crate::state::{Applied, Command, Proposal};
 
 /// A unique directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+pub(super) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> TempDir {
+    pub(super) fn new(tag: &str) -> TempDir {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -39,7 +44,7 @@ impl TempDir {
         TempDir(path)
     }
 
-    fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -104,7 +109,7 @@ fn normal(term: u64, index: u64, command: Command) -> Entry {
     }
 }
 
-fn api(id: &str) -> Api {
+pub(super) fn api(id: &str) -> Api {
     Api {
         id: id.to_string(),
         name: String::new(),
@@ -136,9 +141,11 @@ fn put(id: &str) -> Command {
     }
 }
 
-/// A log: blank, membership, put a, put b, delete a, put c.
+/// A log as openraft writes it, from index 0 (the initial membership): then blank, membership,
+/// put a, put b, delete a, put c. `sample_log()[i]` has index `i`.
 fn sample_log() -> Vec<Entry> {
     vec![
+        membership(0, 0),
         blank(1, 1),
         membership(1, 2),
         normal(1, 3, put("a")),
@@ -166,6 +173,27 @@ async fn digest(sm: &StateMachineStore) -> String {
     sm.reader().read(|s| s.digest())
 }
 
+/// What openraft does first when a `Raft` starts over the store: read the vote and the log
+/// pointers, and re-apply the committed entries after the state machine's snapshot.
+async fn start_up(log: &mut LogStore, sm: &mut StateMachineStore) {
+    StorageHelper::new(log, sm)
+        .get_initial_state()
+        .await
+        .unwrap();
+}
+
+/// The names in the `state_machine` table.
+fn state_machine_records(dir: &Path) -> Vec<String> {
+    let db = Database::create(dir.join(FILE_NAME)).unwrap();
+    let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let table = txn.open_table(SM).unwrap();
+    table
+        .iter()
+        .unwrap()
+        .map(|item| item.unwrap().0.value().to_string())
+        .collect()
+}
+
 #[tokio::test]
 async fn restart_restores_vote_committed_log_and_state() {
     let dir = TempDir::new("restart");
@@ -190,9 +218,12 @@ async fn restart_restores_vote_committed_log_and_state() {
             )
         }
     });
-    assert_eq!(sm.apply(entries[..2].to_vec()).await.unwrap(), done([1, 2]));
     assert_eq!(
-        sm.apply(entries[2..5].to_vec()).await.unwrap(),
+        sm.apply(entries[..3].to_vec()).await.unwrap(),
+        done([0, 1, 2])
+    );
+    assert_eq!(
+        sm.apply(entries[3..6].to_vec()).await.unwrap(),
         done([3, 4, 5])
     );
     assert_eq!(waiter.await.unwrap(), (5, vec!["b".to_string()]));
@@ -213,6 +244,9 @@ async fn restart_restores_vote_committed_log_and_state() {
     // Once the state machine is gone, waiting for what it never applied fails.
     assert_eq!(reader.wait_applied(100).await, Err(super::StoreClosed));
 
+    // Applying wrote nothing: without a snapshot, the state machine table is empty.
+    assert!(state_machine_records(dir.path()).is_empty());
+
     let (mut log, mut sm) = open(dir.path()).await.unwrap();
     assert_eq!(log.read_vote().await.unwrap(), Some(vote));
     assert_eq!(log.read_committed().await.unwrap(), Some(log_id(2, 5)));
@@ -226,14 +260,26 @@ async fn restart_restores_vote_committed_log_and_state() {
             .try_get_log_entries(3..5)
             .await
             .unwrap(),
-        entries[2..4]
+        entries[3..5]
     );
+    // The state machine starts from the last snapshot (none yet): empty.
+    let empty = crate::state::State::default().digest();
+    assert_eq!(
+        sm.applied_state().await.unwrap(),
+        (None, StoredMembership::default())
+    );
+    assert_eq!(digest(&sm).await, empty);
+    assert_eq!(sm.reader().applied(), 0);
+
+    // openraft's start-up re-applies the log up to the committed log id, not beyond it.
+    let reader = sm.reader();
+    start_up(&mut log, &mut sm).await;
     assert_eq!(sm.applied_state().await.unwrap(), applied);
     assert_eq!(digest(&sm).await, before);
-    assert_eq!(sm.reader().applied(), 5);
+    assert_eq!(reader.applied(), 5);
 
     // And it carries on from there.
-    assert_eq!(sm.apply(entries[5..].to_vec()).await.unwrap(), done([6]));
+    assert_eq!(sm.apply(entries[6..].to_vec()).await.unwrap(), done([6]));
     sm.reader().read(|s| {
         assert_eq!(s.revision, 6);
         assert!(s.apis.contains_key("c"));
@@ -247,12 +293,12 @@ async fn truncate_removes_the_tail_and_survives_restart() {
     let (mut log, _sm) = open(dir.path()).await.unwrap();
     log.blocking_append(entries.clone()).await.unwrap();
     log.truncate(log_id(2, 5)).await.unwrap();
-    assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries[..4]);
+    assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries[..5]);
     drop((log, _sm));
     let (mut log, _sm) = open(dir.path()).await.unwrap();
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_log_id, Some(log_id(1, 4)));
-    assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries[..4]);
+    assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries[..5]);
 }
 
 /// Deterministic pseudo-random bytes (xorshift64).
@@ -277,8 +323,8 @@ async fn snapshot_purge_reopen_install_and_refuse_corrupt() {
     let entries = sample_log();
     let (mut log, mut sm) = open(dir.path()).await.unwrap();
     assert!(sm.get_current_snapshot().await.unwrap().is_none());
-    log.blocking_append(entries[..5].to_vec()).await.unwrap();
-    sm.apply(entries[..4].to_vec()).await.unwrap();
+    log.blocking_append(entries[..6].to_vec()).await.unwrap();
+    sm.apply(entries[..5].to_vec()).await.unwrap();
 
     let snapshot = sm
         .get_snapshot_builder()
@@ -293,28 +339,52 @@ async fn snapshot_purge_reopen_install_and_refuse_corrupt() {
     let at_snapshot = digest(&sm).await;
 
     log.purge(log_id(1, 4)).await.unwrap();
-    sm.apply(entries[4..5].to_vec()).await.unwrap();
+    log.save_committed(Some(log_id(2, 5))).await.unwrap();
+    sm.apply(entries[5..6].to_vec()).await.unwrap();
     let after = digest(&sm).await;
     assert_ne!(after, at_snapshot);
     drop((log, sm));
 
-    // Reopen: the log is compacted, the state is the latest, the snapshot is kept.
+    // Reopen: the log is compacted, the state machine is the snapshot, and the log after it is
+    // re-applied at start-up.
     let (mut log, mut sm) = open(dir.path()).await.unwrap();
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 4)));
     assert_eq!(state.last_log_id, Some(log_id(2, 5)));
-    assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries[4..5]);
-    assert_eq!(digest(&sm).await, after);
-    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(2, 5)));
+    assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries[5..6]);
+    assert_eq!(digest(&sm).await, at_snapshot);
+    assert_eq!(sm.reader().applied(), 4);
+    assert_eq!(
+        sm.applied_state().await.unwrap(),
+        (meta.last_log_id, meta.last_membership.clone())
+    );
     let current = sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, meta);
     assert_eq!(current.snapshot.into_inner(), data);
+    start_up(&mut log, &mut sm).await;
+    assert_eq!(digest(&sm).await, after);
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(2, 5)));
 
-    // Purging everything leaves the purged id as the last log id.
+    // A newer snapshot, then purging everything: the purged id is the last log id, and the
+    // state comes back from the snapshot alone.
+    let newer = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
+        .meta;
+    assert_eq!(newer.last_log_id, Some(log_id(2, 5)));
     log.purge(log_id(2, 5)).await.unwrap();
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_log_id, Some(log_id(2, 5)));
     assert!(log.try_get_log_entries(..).await.unwrap().is_empty());
+    drop((log, sm));
+    let (mut log, mut sm) = open(dir.path()).await.unwrap();
+    assert_eq!(digest(&sm).await, after);
+    start_up(&mut log, &mut sm).await;
+    assert_eq!(digest(&sm).await, after);
+    assert_eq!(current_meta(&mut sm).await, Some(newer.clone()));
 
     // A new member installs the snapshot: the state is restored from it.
     let dir2 = TempDir::new("snapshot-install");
@@ -332,7 +402,16 @@ async fn snapshot_purge_reopen_install_and_refuse_corrupt() {
     drop((_log2, sm2));
     let (_log2, mut sm2) = open(dir2.path()).await.unwrap();
     assert_eq!(digest(&sm2).await, at_snapshot);
+    assert_eq!(
+        sm2.applied_state().await.unwrap(),
+        (last_applied, membership)
+    );
     assert_eq!(current_meta(&mut sm2).await, Some(meta.clone()));
+    drop((_log2, sm2));
+    assert_eq!(
+        state_machine_records(dir2.path()),
+        [key::SNAPSHOT_DATA, key::SNAPSHOT_META]
+    );
 
     // Corrupt snapshots fail and leave everything as it was.
     let mut mismatched = meta.clone();
@@ -377,8 +456,9 @@ async fn snapshot_purge_reopen_install_and_refuse_corrupt() {
         assert_eq!(before, after, "case {i} changed the state");
     }
     drop((log, sm));
-    let (_log, sm) = open(dir.path()).await.unwrap();
+    let (_log, mut sm) = open(dir.path()).await.unwrap();
     assert_eq!(digest(&sm).await, after);
+    assert_eq!(current_meta(&mut sm).await, Some(newer));
 }
 
 /// Writes `value` under `name` in `table`, straight into the database file.
@@ -417,7 +497,7 @@ async fn corrupt_records_are_errors_not_panics() {
     let (mut log, _sm) = open(dir.path()).await.unwrap();
     let err = log.try_get_log_entries(2..5).await.unwrap_err();
     assert!(err.to_string().contains("log entry 3"), "{err}");
-    assert_eq!(log.try_get_log_entries(4..).await.unwrap(), entries[3..]);
+    assert_eq!(log.try_get_log_entries(4..).await.unwrap(), entries[4..]);
     drop((log, _sm));
 
     // A hole in the log: refused.
@@ -452,18 +532,68 @@ async fn corrupt_records_are_errors_not_panics() {
     let err = open(dir.path()).await.err().unwrap();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
 
-    let dir = TempDir::new("corrupt-sm");
-    let (_log, mut sm) = open(dir.path()).await.unwrap();
-    sm.apply(entries[..3].to_vec()).await.unwrap();
+    // A corrupt snapshot, one whose content contradicts its metadata, and metadata without
+    // data: refused.
+    let dir = TempDir::new("corrupt-snapshot");
+    let (mut log, mut sm) = open(dir.path()).await.unwrap();
+    log.blocking_append(entries.clone()).await.unwrap();
+    sm.apply(entries[..4].to_vec()).await.unwrap();
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    drop((log, sm));
+    let (_log, sm) = open(dir.path()).await.unwrap();
+    let good = sm.reader().read(|s| s.digest());
     drop((_log, sm));
-    poke(dir.path(), |txn| {
-        let mut t = txn.open_table(SM).unwrap();
-        let mut image = t.get(key::APPLIED).unwrap().unwrap().value().to_vec();
-        image.truncate(image.len() / 2);
-        t.insert(key::APPLIED, image.as_slice()).unwrap();
-    });
-    let err = open(dir.path()).await.err().unwrap();
-    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    let stored = |name: &'static str| {
+        let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+        let t = txn.open_table(SM).unwrap();
+        t.get(name).unwrap().unwrap().value().to_vec()
+    };
+    let data = stored(key::SNAPSHOT_DATA);
+    let other = encode_image(
+        &Some(log_id(1, 2)),
+        &StoredMembership::default(),
+        &crate::state::State::default(),
+    )
+    .unwrap();
+    type Breaking<'a> = Box<dyn Fn(&redb::WriteTransaction) + 'a>;
+    let broken: Vec<Breaking> = vec![
+        Box::new(|txn| {
+            let mut t = txn.open_table(SM).unwrap();
+            t.insert(key::SNAPSHOT_DATA, &data[..data.len() / 2])
+                .unwrap();
+        }),
+        Box::new(|txn| {
+            let mut t = txn.open_table(SM).unwrap();
+            t.insert(key::SNAPSHOT_DATA, other.as_slice()).unwrap();
+        }),
+        Box::new(|txn| {
+            let mut t = txn.open_table(SM).unwrap();
+            t.remove(key::SNAPSHOT_DATA).unwrap();
+        }),
+        Box::new(|txn| {
+            let mut t = txn.open_table(SM).unwrap();
+            t.insert(key::SNAPSHOT_META, garbage(40, 11).as_slice())
+                .unwrap();
+        }),
+    ];
+    for (i, breaking) in broken.iter().enumerate() {
+        let meta = stored(key::SNAPSHOT_META);
+        poke(dir.path(), |txn| breaking(txn));
+        let err = open(dir.path()).await.err().unwrap();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "case {i}: {err}");
+        poke(dir.path(), |txn| {
+            let mut t = txn.open_table(SM).unwrap();
+            t.insert(key::SNAPSHOT_DATA, data.as_slice()).unwrap();
+            t.insert(key::SNAPSHOT_META, meta.as_slice()).unwrap();
+        });
+        let (_log, sm) = open(dir.path()).await.unwrap();
+        assert_eq!(digest(&sm).await, good, "case {i}");
+    }
 
     // A file from a future format version: refused with a clear error.
     let dir = TempDir::new("future-format");
@@ -496,4 +626,54 @@ async fn oversized_entries_are_refused_before_they_are_written() {
     );
     assert!(log.blocking_append([entry]).await.is_err());
     assert!(log.try_get_log_entries(..).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_version_1_file_is_upgraded_and_rebuilt_from_its_snapshot_and_log() {
+    let entries = sample_log();
+    // The state after the whole log, as a reference.
+    let reference = TempDir::new("upgrade-reference");
+    let (_log, mut sm) = open(reference.path()).await.unwrap();
+    sm.apply(entries.clone()).await.unwrap();
+    let expected = digest(&sm).await;
+    drop((_log, sm));
+
+    // What version 1 left: a snapshot at 4, the log after it, the committed id, and the image
+    // after the last applied batch.
+    let dir = TempDir::new("upgrade");
+    let (mut log, mut sm) = open(dir.path()).await.unwrap();
+    log.blocking_append(entries.clone()).await.unwrap();
+    sm.apply(entries[..5].to_vec()).await.unwrap();
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    log.purge(log_id(1, 4)).await.unwrap();
+    log.save_committed(Some(log_id(2, 6))).await.unwrap();
+    sm.apply(entries[5..].to_vec()).await.unwrap();
+    let image = sm
+        .reader()
+        .read(|s| encode_image(&Some(log_id(2, 6)), &StoredMembership::default(), s).unwrap());
+    drop((log, sm));
+    poke(dir.path(), |txn| {
+        let mut meta = txn.open_table(META).unwrap();
+        let v = encode(&FORMAT_VERSION_PERSISTED_STATE).unwrap();
+        meta.insert(key::FORMAT, v.as_slice()).unwrap();
+        let mut t = txn.open_table(SM).unwrap();
+        t.insert(key::APPLIED_V1, image.as_slice()).unwrap();
+    });
+
+    let (mut log, mut sm) = open(dir.path()).await.unwrap();
+    assert_eq!(sm.reader().applied(), 4);
+    start_up(&mut log, &mut sm).await;
+    assert_eq!(digest(&sm).await, expected);
+    assert_eq!(sm.reader().applied(), 6);
+    drop((log, sm));
+    assert!(!state_machine_records(dir.path()).contains(&key::APPLIED_V1.to_string()));
+    let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+    let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let meta = txn.open_table(META).unwrap();
+    let format: u64 = super::read_meta(&meta, key::FORMAT).unwrap().unwrap();
+    assert_eq!(format, FORMAT_VERSION);
 }
