@@ -169,15 +169,10 @@ impl State {
     /// Applies the entry at log `index`. Total: every input gives a state and an answer.
     pub fn apply(&mut self, index: u64, proposal: &Proposal) -> Applied {
         self.revision = index;
-        // Commands are applied to a copy and swapped in whole: atomic by construction, and the
-        // state is small (API definitions, not traffic).
-        let mut next = self.clone();
-        match next.apply_command(index, proposal.at_ms, &proposal.command) {
-            Ok(()) => {
-                next.revision = index;
-                *self = next;
-                Applied::Done { revision: index }
-            }
+        // Every command checks everything before it changes anything, so it is applied in
+        // place: a rejection leaves the state as it was (the property tests hold it to that).
+        match self.apply_command(index, proposal.at_ms, &proposal.command) {
+            Ok(()) => Applied::Done { revision: index },
             Err(rejection) => Applied::Rejected {
                 revision: index,
                 rejection,
@@ -326,12 +321,38 @@ impl State {
                 }
             }
         }
-        // Validate the whole resulting world, so a stage may pin a deployment stored earlier.
-        let mut world = self.to_document();
-        for api in &incoming.apis {
-            match world.apis.iter_mut().find(|a| a.id == api.id) {
-                Some(slot) => *slot = api.clone(),
-                None => world.apis.push(api.clone()),
+        // Validate what the document touches, as it will be stored: its APIs, the stored APIs
+        // its deployments belong to, and those APIs' stored deployments (a stage may pin one
+        // stored earlier). APIs it does not touch were valid when stored and stay so.
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, api) in incoming.apis.iter().enumerate() {
+            if !seen.insert(api.id.as_str()) {
+                return Err(Rejection::Invalid(vec![format!(
+                    "apis[{i}].id: API id {:?} is used twice",
+                    api.id
+                )]));
+            }
+        }
+        let touched: std::collections::BTreeSet<&str> = incoming
+            .apis
+            .iter()
+            .map(|a| a.id.as_str())
+            .chain(incoming.deployments.iter().map(|d| d.api.as_str()))
+            .collect();
+        let mut world = Document::default();
+        for id in &touched {
+            match incoming.apis.iter().find(|a| a.id == *id) {
+                Some(api) => world.apis.push(api.clone()),
+                None => {
+                    if let Some(stored) = self.apis.get(*id) {
+                        world.apis.push(stored.value.clone());
+                    }
+                }
+            }
+            if let Some(stored) = self.deployments.get(*id) {
+                world
+                    .deployments
+                    .extend(stored.values().map(|d| d.value.clone()));
             }
         }
         for d in &incoming.deployments {

@@ -161,6 +161,24 @@ fn invalid_documents_are_rejected_whole_with_field_paths() {
 }
 
 #[test]
+fn a_document_naming_an_api_twice_is_rejected() {
+    let mut s = State::default();
+    let doc = Document {
+        apis: vec![api("a", "v1", &[]), api("a", "v2", &[])],
+        deployments: vec![],
+    };
+    let Applied::Rejected {
+        rejection: Rejection::Invalid(errors),
+        ..
+    } = s.apply(1, &propose(Command::ApplyDocument { document: doc }))
+    else {
+        panic!("rejection expected")
+    };
+    assert!(errors[0].starts_with("apis[1].id:"), "{errors:?}");
+    assert!(s.apis.is_empty());
+}
+
+#[test]
 fn auto_deploy_records_every_definition_change() {
     let mut s = State::default();
     s.apply(1, &put(api("a", "v1", &[("live", None, true)])));
