@@ -11,8 +11,6 @@ pub mod server;
 pub mod tls;
 
 #[cfg(test)]
-mod mem_store;
-#[cfg(test)]
 mod raft_tests;
 #[cfg(test)]
 pub(crate) mod test_support;

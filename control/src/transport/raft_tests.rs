@@ -10,13 +10,14 @@ use quinn::Endpoint;
 
 use super::ca::ClusterCa;
 use super::frame::{FrameError, encode_frame, read_frame, write_frame};
-use super::mem_store::{MemLog, MemStateMachine};
 use super::raft_net::QuicRaftNetwork;
 use super::raft_server::{RaftRequest, RaftResponse, serve_raft};
 use super::server::ServeLimits;
 use super::test_support::{install_crypto, node_client_endpoint, node_endpoint, within};
 use super::tls::{TlsIdentity, TransportLimits, client_config, client_crypto};
 use super::{ALPN_RAFT, close_code, node_dns_name, stream_code};
+use crate::raft::store::tests::TempDir;
+use crate::raft::store::{self, StateReader};
 use crate::raft::{Member, NodeId, Raft};
 use crate::state::{Applied, Command, Proposal, Role, TokenRecord};
 
@@ -25,8 +26,9 @@ const WAIT: Duration = Duration::from_secs(20);
 struct Node {
     id: NodeId,
     raft: Raft,
-    sm: MemStateMachine,
+    state: StateReader,
     endpoint: Endpoint,
+    _dir: TempDir,
 }
 
 impl Node {
@@ -57,16 +59,12 @@ fn raft_config(snapshot_every: Option<u64>) -> Arc<Config> {
 async fn start_node(ca: &ClusterCa, id: NodeId, snapshot_every: Option<u64>) -> Node {
     let (endpoint, client) = node_endpoint(ca, id);
     let network = QuicRaftNetwork::new(id, endpoint.clone(), client);
-    let sm = MemStateMachine::default();
-    let raft = Raft::new(
-        id,
-        raft_config(snapshot_every),
-        network,
-        MemLog::default(),
-        sm.clone(),
-    )
-    .await
-    .unwrap();
+    let dir = TempDir::new("transport");
+    let (log, sm) = store::open(dir.path()).await.unwrap();
+    let state = sm.reader();
+    let raft = Raft::new(id, raft_config(snapshot_every), network, log, sm)
+        .await
+        .unwrap();
     tokio::spawn(serve_raft(
         endpoint.clone(),
         raft.clone(),
@@ -75,8 +73,9 @@ async fn start_node(ca: &ClusterCa, id: NodeId, snapshot_every: Option<u64>) -> 
     Node {
         id,
         raft,
-        sm,
+        state,
         endpoint,
+        _dir: dir,
     }
 }
 
@@ -167,7 +166,7 @@ async fn three_nodes_elect_a_leader_and_replicate_over_quic() {
     }
     for node in &nodes {
         wait_applied(node, last).await;
-        let state = node.sm.state();
+        let state = node.state.load();
         let ids: Vec<&String> = state.tokens.keys().collect();
         assert_eq!(
             ids,
@@ -176,7 +175,7 @@ async fn three_nodes_elect_a_leader_and_replicate_over_quic() {
             node.id
         );
     }
-    let digests: Vec<String> = nodes.iter().map(|n| n.sm.state().digest()).collect();
+    let digests: Vec<String> = nodes.iter().map(|n| n.state.load().digest()).collect();
     assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
 
     // A follower goes away: the two others still commit (the leader backs off from it).
@@ -188,7 +187,7 @@ async fn three_nodes_elect_a_leader_and_replicate_over_quic() {
     let index = write(&nodes, token(5)).await;
     for node in rest {
         wait_applied(node, index).await;
-        assert!(node.sm.state().tokens.contains_key("tok-5"));
+        assert!(node.state.load().tokens.contains_key("tok-5"));
     }
 }
 
@@ -221,8 +220,8 @@ async fn a_new_learner_catches_up_from_a_snapshot_sent_over_quic() {
     assert!(applied > last);
     wait_applied(&nodes[0], applied).await;
     wait_applied(&learner, applied).await;
-    assert_eq!(learner.sm.state().tokens.len(), 10);
-    let (a, b) = (learner.sm.state(), nodes[0].sm.state());
+    assert_eq!(learner.state.load().tokens.len(), 10);
+    let (a, b) = (learner.state.load(), nodes[0].state.load());
     assert_eq!(
         a.digest(),
         b.digest(),

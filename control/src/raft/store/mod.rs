@@ -33,7 +33,7 @@ mod log;
 mod raft_tests;
 mod state_machine;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};

@@ -27,10 +27,10 @@ use crate::raft::{Entry, LogId, Member, SnapshotMeta, StorageError, StoredMember
 use crate::state::{Applied, Command, Proposal};
 
 /// A unique directory under the system temp dir, removed on drop.
-pub(super) struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    pub(super) fn new(tag: &str) -> TempDir {
+    pub(crate) fn new(tag: &str) -> TempDir {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -44,7 +44,7 @@ impl TempDir {
         TempDir(path)
     }
 
-    pub(super) fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
