@@ -14,8 +14,8 @@ use http::uri::Authority;
 use http::{HeaderMap, Method, StatusCode};
 use portico_proto::mapping::{self, RequestSource, RequestTarget, ResponseSource};
 use portico_proto::{
-    ApiKind, Document, FieldError, GatewayResponse, GatewayResponseType, Integration,
-    IntegrationType, Route, RouteKey, Stage, TemplatePart, UriTemplate, ValidationErrors,
+    Document, FieldError, GatewayResponse, GatewayResponseType, Integration, IntegrationType,
+    Route, RouteKey, Stage, TemplatePart, UriTemplate, ValidationErrors,
 };
 use regex::Regex;
 use rustc_hash::FxHashMap;
@@ -33,7 +33,6 @@ pub struct EdgeConfig {
 #[derive(Debug)]
 pub struct CompiledApi {
     pub id: Arc<str>,
-    pub kind: ApiKind,
     pub stages: FxHashMap<String, Arc<CompiledStage>>,
     /// The `$default` stage, served at the root path.
     pub default_stage: Option<Arc<CompiledStage>>,
@@ -142,7 +141,6 @@ pub fn compile(
         let api_id: Arc<str> = api.id.as_str().into();
         let mut compiled = CompiledApi {
             id: api_id.clone(),
-            kind: api.kind,
             stages: FxHashMap::default(),
             default_stage: None,
         };
