@@ -59,16 +59,39 @@ pub enum Command {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct EdgeArgs {
-    /// The declarative file of APIs and stages.
-    #[arg(long, short = 'c')]
-    pub config: PathBuf,
+    #[command(subcommand)]
+    pub action: Option<EdgeAction>,
+    /// Serve the APIs of this declarative file (YAML or JSON), standalone.
+    #[arg(long, short = 'c', conflicts_with_all = ["control", "join_token"], required_unless_present = "control")]
+    pub config: Option<PathBuf>,
     /// How often to check the file for changes, in milliseconds; 0 turns watching off (SIGHUP
     /// still reloads).
     #[arg(long, default_value_t = 1000)]
     pub watch_interval_ms: u64,
+    /// Take the config from these control nodes (QUIC, HOST:PORT, comma-separated; any
+    /// member, followers included).
+    #[arg(long, value_delimiter = ',')]
+    pub control: Option<Vec<String>>,
+    /// The edge's region: it receives edge-optimized APIs and the regional APIs of its region.
+    #[arg(long, requires = "control")]
+    pub region: Option<String>,
+    /// A join token (`portico token create NAME --role edge`); needed only the first time,
+    /// while the data directory holds no identity.
+    #[arg(long, env = "PORTICO_JOIN_TOKEN", requires = "control")]
+    pub join_token: Option<String>,
+    /// Where the edge keeps its identity and last-known-good config.
+    #[arg(long, default_value = "portico-edge")]
+    pub data: PathBuf,
     #[command(flatten)]
     pub listen: ListenArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EdgeAction {
+    /// Revoke an enrolled edge: control nodes refuse its connections from then on.
+    Remove(crate::commands::EdgeRemoveArgs),
 }
 
 #[derive(Args, Debug)]
@@ -89,6 +112,10 @@ pub struct ListenArgs {
     /// Public HTTP listener (HTTP/1.1 and h2c).
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Private HTTP listener (same protocols): the only one serving APIs with `endpoint:
+    /// private`, and it serves nothing else. Off unless set.
+    #[arg(long)]
+    pub private_listen: Option<SocketAddr>,
     /// Ops listener: /metrics, /healthz, /readyz, /status.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub ops_listen: SocketAddr,
@@ -125,6 +152,7 @@ impl ListenArgs {
         let defaults = EdgeSettings::default();
         EdgeSettings {
             listen: self.listen,
+            private_listen: self.private_listen,
             ops_listen: self.ops_listen,
             workers: self.workers.unwrap_or(defaults.workers).max(1),
             domain_suffix: self.domain_suffix.trim_matches('.').to_ascii_lowercase(),

@@ -84,6 +84,12 @@ pub struct DeployArgs {
     pub stage: String,
     #[arg(long, default_value = "")]
     pub description: String,
+    /// Wait until every edge serves the new revision, showing progress.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` waits before naming the edges that lag, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub wait_timeout: u64,
     #[command(flatten)]
     pub remote: Remote,
 }
@@ -92,11 +98,22 @@ pub struct DeployArgs {
 pub enum ClusterCommand {
     /// Members, leader, term, commit and applied index, lag per member.
     Status(Remote),
+    /// Every enrolled edge: region, status, revision, lag, last heartbeat, version.
+    Edges(Remote),
+}
+
+#[derive(Args, Debug)]
+pub struct EdgeRemoveArgs {
+    /// The edge id (as `portico cluster edges` lists it).
+    pub id: String,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum TokenCommand {
-    /// Create an admin API token (role admin, viewer or join); its secret is printed once.
+    /// Create an admin API token (role admin, viewer, join or edge); its secret is printed
+    /// once. For role edge it prints the join token that `portico edge --join-token` takes.
     Create {
         name: String,
         #[arg(long, default_value = "viewer")]
@@ -106,11 +123,11 @@ pub enum TokenCommand {
     },
 }
 
-fn client(remote: &Remote) -> Result<AdminClient> {
+pub(crate) fn client(remote: &Remote) -> Result<AdminClient> {
     AdminClient::new(&remote.server, &remote.dev_data)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -297,21 +314,38 @@ pub fn deploy(args: DeployArgs) -> Result<()> {
         "application/json",
         Bytes::from(body),
     ))?;
-    if args.remote.output == Output::Json {
+    if args.remote.output == Output::Json && !args.wait {
         return print_json(&answer);
     }
-    println!(
-        "deployed {} as {} to stage {}; revision {}",
-        args.api,
-        str_of(&answer["deployment"]["id"]),
-        args.stage,
-        answer["revision"]
-    );
+    if args.remote.output == Output::Table {
+        println!(
+            "deployed {} as {} to stage {}; revision {}",
+            args.api,
+            str_of(&answer["deployment"]["id"]),
+            args.stage,
+            answer["revision"]
+        );
+    }
+    if args.wait {
+        let revision = answer["revision"]
+            .as_u64()
+            .context("the deploy answer has no revision")?;
+        let timeout = std::time::Duration::from_secs(args.wait_timeout);
+        runtime()?.block_on(crate::fleet::wait_for_edges(
+            &client,
+            revision,
+            timeout,
+            args.remote.output,
+        ))?;
+    }
     Ok(())
 }
 
 pub fn cluster(command: ClusterCommand) -> Result<()> {
-    let ClusterCommand::Status(remote) = command;
+    let remote = match command {
+        ClusterCommand::Status(remote) => remote,
+        ClusterCommand::Edges(remote) => return crate::fleet::edges(&remote),
+    };
     let client = client(&remote)?;
     let answer = runtime()?.block_on(client.ok(
         Method::GET,
@@ -364,6 +398,13 @@ pub fn token(command: TokenCommand) -> Result<()> {
     if remote.output == Output::Json {
         return print_json(&answer);
     }
+    if let Some(join) = answer["join_token"].as_str() {
+        println!(
+            "{join}\n(edge join token {} for {name}; it is shown only now. Start an edge with\n portico edge --control HOST:7443 --region REGION --join-token <the token above>)",
+            str_of(&answer["id"])
+        );
+        return Ok(());
+    }
     println!(
         "{}\n(token {} for {name}, role {role}; it is shown only now)",
         str_of(&answer["token"]),
@@ -372,12 +413,12 @@ pub fn token(command: TokenCommand) -> Result<()> {
     Ok(())
 }
 
-fn print_json(v: &Value) -> Result<()> {
+pub(crate) fn print_json(v: &Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
-fn str_of(v: &Value) -> String {
+pub(crate) fn str_of(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".to_string(),
@@ -385,7 +426,7 @@ fn str_of(v: &Value) -> String {
     }
 }
 
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {

@@ -65,7 +65,7 @@ pub fn run(args: DevArgs) -> Result<()> {
 
         tokio::spawn(feed_edge(control.node.clone(), edge_config.clone()));
         wait_until_loaded(&edge_config).await?;
-        let running = Running::start(settings.clone(), edge_config, metrics).await?;
+        let running = Running::start(settings.clone(), edge_config, metrics, None).await?;
         let port = running.local_addr().port();
         let base = format!("http://demo.{}:{port}/dev", settings.domain_suffix);
         println!(

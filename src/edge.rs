@@ -13,12 +13,20 @@ use tokio::sync::mpsc;
 use crate::cli::EdgeArgs;
 
 pub fn run(args: EdgeArgs) -> Result<()> {
+    match (&args.config, &args.control) {
+        (Some(config), _) => run_file(config.clone(), args),
+        (None, Some(_)) => crate::synced_edge::run(args),
+        (None, None) => anyhow::bail!("give the edge --config FILE or --control HOST:PORT"),
+    }
+}
+
+fn run_file(config: std::path::PathBuf, args: EdgeArgs) -> Result<()> {
     let settings = Arc::new(args.listen.settings());
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(ConfigStore::new(metrics.clone()));
     // A file that is wrong at start-up is fatal: there is no older config to fall back on.
     store
-        .load_file(&args.config)
+        .load_file(&config)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("the config file was rejected")?;
 
@@ -28,11 +36,11 @@ pub fn run(args: EdgeArgs) -> Result<()> {
             (args.watch_interval_ms > 0).then(|| Duration::from_millis(args.watch_interval_ms));
         tokio::spawn(store::watch_file(
             store.clone(),
-            args.config.clone(),
+            config,
             interval,
             reload_rx,
         ));
-        let running = Running::start(settings, store, metrics).await?;
+        let running = Running::start(settings, store, metrics, None).await?;
         wait_for_shutdown(Some(reload_tx)).await?;
         running.shutdown().await;
         Ok(())
@@ -62,6 +70,7 @@ impl Running {
         settings: Arc<EdgeSettings>,
         config: Arc<ConfigStore>,
         metrics: Arc<Metrics>,
+        sync: Option<Arc<portico_node::sync::SyncStatus>>,
     ) -> Result<Running> {
         let access_log =
             AccessLog::open(&settings.access_log).context("cannot open the access log")?;
@@ -83,6 +92,7 @@ impl Running {
                 config: config.clone(),
                 metrics,
                 accepting: accepting.clone(),
+                sync,
             },
         ));
         tracing::info!(

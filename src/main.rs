@@ -8,6 +8,8 @@ mod control;
 mod dev;
 mod echo;
 mod edge;
+mod fleet;
+mod synced_edge;
 
 use clap::Parser;
 
@@ -18,7 +20,10 @@ fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     init_tracing(&cli.log_format);
     let result = match cli.command {
-        cli::Command::Edge(args) => edge::run(args),
+        cli::Command::Edge(args) => match args.action {
+            Some(cli::EdgeAction::Remove(args)) => fleet::remove(args),
+            None => edge::run(args),
+        },
         cli::Command::Dev(args) => dev::run(args),
         cli::Command::Control(c) => control::run(c),
         cli::Command::Apply(args) => commands::apply(args),

@@ -289,3 +289,127 @@ apis:
     assert!(none.starts_with("HTTP/1.1 400"), "{none}");
     assert!(none.contains("no Host header"), "{none}");
 }
+
+const ENDPOINTS: &str = r#"
+apis:
+  - id: shop
+    kind: http
+    routes:
+      - key: GET /items
+        integration: { type: http_proxy, uri: "http://{B}/shop" }
+    stages: [{name: prod}]
+  - id: local
+    kind: http
+    endpoint: regional
+    region: eu-1
+    routes:
+      - key: GET /items
+        integration: { type: http_proxy, uri: "http://{B}/local" }
+    stages: [{name: prod}]
+  - id: vault
+    kind: http
+    endpoint: private
+    routes:
+      - key: GET /secrets
+        integration: { type: http_proxy, uri: "http://{B}/vault" }
+    gateway_responses:
+      RESOURCE_NOT_FOUND:
+        status: 418
+        body: '{"vault": "$context.error.message"}'
+    stages: [{name: prod}, {name: beta}]
+"#;
+
+/// A private API answers only on the private listener, which answers nothing else; on the wrong
+/// listener an API gets exactly what an API that does not exist gets.
+#[test]
+fn private_apis_only_on_the_private_listener_and_nothing_else_there() {
+    let backend = Backend::start();
+    let edge = Edge::builder(&config(ENDPOINTS, backend.addr))
+        .private_listener()
+        .start();
+    let private = edge.private.expect("a private listener");
+    let rt = runtime();
+    rt.block_on(async {
+        let on = |addr, api: &'static str, path: &'static str| {
+            let req = request(&edge, "GET", api, path, &[], bytes::Bytes::new());
+            async move { send(addr, req).await.unwrap() }
+        };
+        // A miss as the client sees it, with the API's name and the request id taken out.
+        let miss = |r: &common::Resp, api: &str| {
+            (
+                r.status,
+                r.header("content-type").map(str::to_string),
+                r.text().replace(api, "API").replace(&r.request_id(), "ID"),
+            )
+        };
+
+        // Served where they belong.
+        let r = on(private, "vault", "/prod/secrets").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["path"], "/vault");
+        for api in ["shop", "local"] {
+            let r = on(edge.addr, api, "/prod/items").await;
+            assert_eq!(r.status, 200, "{api}: {}", r.text());
+            assert_eq!(r.json()["path"], format!("/{api}"));
+        }
+        // The private API's own gateway responses do apply on the private listener.
+        let r = on(private, "vault", "/prod/nothing").await;
+        assert_eq!(r.status, 418, "{}", r.text());
+
+        // Unknown on the public listener: not its routes, stages or gateway responses.
+        let r = on(edge.addr, "nosuchapi", "/prod/secrets").await;
+        assert_eq!(r.status, 404);
+        assert_eq!(r.json()["type"], "RESOURCE_NOT_FOUND");
+        let unknown = miss(&r, "nosuchapi");
+        for path in ["/prod/secrets", "/prod/nothing", "/gamma/secrets"] {
+            let r = on(edge.addr, "vault", path).await;
+            assert_eq!(
+                miss(&r, "vault"),
+                unknown,
+                "vault {path} on the public listener"
+            );
+        }
+
+        // And the private listener knows nothing but private APIs.
+        let r = on(private, "nosuchapi", "/prod/items").await;
+        assert_eq!(r.status, 404);
+        assert_eq!(r.json()["type"], "RESOURCE_NOT_FOUND");
+        let unknown = miss(&r, "nosuchapi");
+        for api in ["shop", "local"] {
+            for path in ["/prod/items", "/gamma/items"] {
+                let r = on(private, api, path).await;
+                assert_eq!(
+                    miss(&r, api),
+                    unknown,
+                    "{api} {path} on the private listener"
+                );
+            }
+        }
+    });
+    let seen: Vec<String> = backend.seen().iter().map(|s| s.path.clone()).collect();
+    assert_eq!(seen.len(), 3, "only the three served requests: {seen:?}");
+
+    // /status says where the edge listens.
+    let status = edge.status_json();
+    assert_eq!(status["listeners"]["public"], edge.addr.to_string());
+    assert_eq!(status["listeners"]["private"], private.to_string());
+    assert_eq!(status["apis"], 3, "{status}");
+}
+
+#[test]
+fn without_a_private_listener_private_apis_answer_nowhere() {
+    let backend = Backend::start();
+    let edge = Edge::start(&config(ENDPOINTS, backend.addr));
+    let rt = runtime();
+    rt.block_on(async {
+        let r = get(&edge, "vault", "/prod/secrets").await.unwrap();
+        assert_eq!(r.status, 404, "{}", r.text());
+        assert_eq!(r.json()["message"], "no API \"vault\" is served here");
+        let r = get(&edge, "shop", "/prod/items").await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    });
+    let status = edge.status_json();
+    assert_eq!(status["listeners"]["public"], edge.addr.to_string());
+    assert!(status["listeners"].get("private").is_none(), "{status}");
+    assert_eq!(backend.seen().len(), 1);
+}

@@ -7,6 +7,7 @@ pub mod raft;
 pub mod run;
 pub mod snapshot;
 pub mod state;
+pub mod sync;
 pub mod transport;
 
 pub use state::{Applied, Command, Proposal, Rejection, Role, State, TokenRecord, Versioned};

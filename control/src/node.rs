@@ -14,6 +14,7 @@ use crate::admin::{Backend, JoinGrant, ProposeError, WRITE_TIMEOUT};
 use crate::raft::store::{self, StateReader};
 use crate::raft::{Member, NodeId, Raft};
 use crate::state::{Applied, Command, Proposal, State};
+use crate::sync::EdgeSessions;
 
 /// Timing that elects a new leader well within 2 s of a crash on a LAN, without spurious
 /// elections from a busy 2-core machine.
@@ -72,6 +73,10 @@ pub struct ControlNode {
     pub config: NodeConfig,
     pub raft: Raft,
     pub state: StateReader,
+    /// The edges connected to this node.
+    pub edges: Arc<EdgeSessions>,
+    /// Trust for other members' HTTPS admin APIs (asking them for their edges).
+    pub admin_client_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ControlNode {
@@ -80,6 +85,8 @@ impl ControlNode {
             config,
             raft,
             state,
+            edges: Arc::default(),
+            admin_client_tls: None,
         }
     }
 
@@ -107,6 +114,17 @@ impl ControlNode {
             }
         };
         tokio::time::timeout(within, wait).await.ok()
+    }
+
+    /// The leader's QUIC address, when one is known (where edges enrol).
+    pub fn leader_raft_addr(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.raft_addr.clone())
     }
 
     fn leader_admin(&self) -> Option<String> {
@@ -167,6 +185,39 @@ impl ControlNode {
             .map(|(id, n)| (*id, n.clone()))
             .collect()
     }
+}
+
+/// The sessions a member serves (`GET /v1/cluster/edges?scope=local`), within a second.
+async fn member_edges(
+    admin_addr: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    authorization: Option<String>,
+) -> Result<Vec<crate::sync::EdgeSession>, String> {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    let mut req = http::Request::get("/v1/cluster/edges?scope=local&consistency=stale").header(
+        http::header::HOST,
+        crate::admin::client::parse_target(admin_addr).1,
+    );
+    if let Some(a) = authorization {
+        req = req.header(http::header::AUTHORIZATION, a);
+    }
+    let req = req
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = crate::admin::client::send(admin_addr, tls.as_ref(), req, Duration::from_secs(1))
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("answered {}", resp.status()));
+    }
+    #[derive(serde::Deserialize)]
+    struct Local {
+        items: Vec<crate::sync::EdgeSession>,
+    }
+    serde_json::from_slice::<Local>(resp.body())
+        .map(|l| l.items)
+        .map_err(|e| format!("malformed answer: {e}"))
 }
 
 fn now_ms() -> u64 {
@@ -339,6 +390,51 @@ impl Backend for ControlNode {
                 .await?;
         }
         Ok(())
+    }
+
+    fn local_edges(&self) -> Value {
+        json!({"node": self.config.id, "items": self.edges.list()})
+    }
+
+    async fn cluster_edges(&self, authorization: Option<String>) -> Value {
+        let mut reports = self.edges.list();
+        let mut unreachable = Vec::new();
+        // Asked together: a slow member costs its timeout once.
+        let mut asks = tokio::task::JoinSet::new();
+        for (id, member) in self.members() {
+            if id == self.config.id {
+                continue;
+            }
+            let (tls, authorization) = (self.admin_client_tls.clone(), authorization.clone());
+            asks.spawn(async move {
+                (
+                    id,
+                    member_edges(&member.admin_addr, tls, authorization).await,
+                )
+            });
+        }
+        while let Some(joined) = asks.join_next().await {
+            let Ok((id, answer)) = joined else { continue };
+            match answer {
+                Ok(mut sessions) => reports.append(&mut sessions),
+                Err(e) => {
+                    tracing::debug!(node = id, error = %e, "a member did not report its edges");
+                    unreachable.push(format!("node {id}: {e}"));
+                }
+            }
+        }
+        crate::admin::edges::merge(&self.state.load(), &reports, &unreachable, now_ms())
+    }
+
+    fn metrics(&self) -> String {
+        let applied = self.state.applied();
+        let mut out = format!(
+            "# HELP portico_control_applied_revision The last revision this node applied.\n\
+             # TYPE portico_control_applied_revision gauge\n\
+             portico_control_applied_revision {applied}\n"
+        );
+        self.edges.render_metrics(applied, &mut out);
+        out
     }
 
     fn cluster_status(&self) -> Value {

@@ -22,9 +22,10 @@ use crate::node::{ControlNode, NodeConfig, NodeError, raft_config};
 use crate::raft::Raft;
 use crate::raft::store;
 use crate::state::{Applied, CaRecord, Command, Role};
+use crate::sync::{EnrolService, SyncService, SyncTiming};
 use crate::transport::{
-    self, ALPN_RAFT, AlpnRouter, ClusterCa, QuicRaftNetwork, RaftService, ServeLimits, TlsIdentity,
-    TransportLimits,
+    self, ALPN_ENROL, ALPN_RAFT, ALPN_SYNC, AlpnRouter, ClusterCa, QuicRaftNetwork, RaftService,
+    ServeLimits, TlsIdentity, TransportLimits,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -205,8 +206,9 @@ pub async fn start(mut config: NodeConfig) -> Result<Running, RunError> {
     )
     .map_err(|e| RunError::Other(format!("node certificate: {e}")))?;
     let limits = TransportLimits::default();
-    let server_tls = transport::server_crypto(&identity, &[ALPN_RAFT])
-        .map_err(|e| RunError::Other(e.to_string()))?;
+    let server_tls =
+        transport::server_crypto_with_enrolment(&identity, &[ALPN_RAFT, ALPN_SYNC, ALPN_ENROL])
+            .map_err(|e| RunError::Other(e.to_string()))?;
     let client_tls = transport::client_crypto(&identity, &[ALPN_RAFT])
         .map_err(|e| RunError::Other(e.to_string()))?;
     let endpoint =
@@ -238,13 +240,6 @@ pub async fn start(mut config: NodeConfig) -> Result<Running, RunError> {
     .await
     .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-    let router = AlpnRouter::new().route(ALPN_RAFT, RaftService::new(raft.clone()));
-    tokio::spawn(transport::serve(
-        endpoint.clone(),
-        router,
-        ServeLimits::default(),
-    ));
-
     let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
         .await
         .map_err(|source| RunError::Listen {
@@ -255,15 +250,37 @@ pub async fn start(mut config: NodeConfig) -> Result<Running, RunError> {
         .local_addr()
         .map_err(|e| RunError::Other(e.to_string()))?;
     config.admin_addr = admin_addr;
-    let node = Arc::new(ControlNode::new(config, raft, reader));
     let ca_pem = read(&dir.join("ca.pem"))?;
+    let admin_client_tls = admin::client::client_tls(&ca_pem).map_err(RunError::Other)?;
+    let mut node = ControlNode::new(config, raft.clone(), reader.clone());
+    node.admin_client_tls = Some(admin_client_tls.clone());
+    let node = Arc::new(node);
+
+    let router = AlpnRouter::new()
+        .route(ALPN_RAFT, RaftService::new(raft))
+        .route(
+            ALPN_SYNC,
+            SyncService {
+                node_id: node.config.id,
+                state: reader,
+                sessions: node.edges.clone(),
+                timing: SyncTiming::default(),
+            },
+        )
+        .route_anonymous(ALPN_ENROL, EnrolService { node: node.clone() });
+    tokio::spawn(transport::serve(
+        endpoint.clone(),
+        router,
+        ServeLimits::default(),
+    ));
+
     let tls = admin::AdminTls {
         server: if node.config.admin_tls {
             Some(admin_server_tls(&dir)?)
         } else {
             None
         },
-        client: Some(admin::client::client_tls(&ca_pem).map_err(RunError::Other)?),
+        client: Some(admin_client_tls),
     };
     tokio::spawn(admin::serve(admin_listener, node.clone(), tls));
     tracing::info!(node = node.config.id, raft = %raft_addr, admin = %admin_addr, "control node started");

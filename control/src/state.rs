@@ -62,7 +62,32 @@ pub enum Command {
         raft_addr: String,
         admin_addr: String,
     },
+    /// Records an edge's enrolment with a token of role `edge`; its id is
+    /// `{region}-{entry index}`, unique for the life of the cluster.
+    EnrolEdge {
+        region: String,
+        token_id: String,
+    },
+    /// Revokes an edge: control nodes refuse its connections from then on.
+    RemoveEdge {
+        id: String,
+    },
 }
+
+/// An enrolled edge. Revoked edges stay recorded, so their certificates stay refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeRecord {
+    pub id: String,
+    pub region: String,
+    /// The join token it enrolled with.
+    pub token_id: String,
+    pub enrolled_at_ms: u64,
+    pub revoked_at_ms: Option<u64>,
+}
+
+/// How many API deletions the state remembers for edges' "changes since" (older ones are
+/// forgotten and an edge behind them gets a full snapshot).
+pub const MAX_TOMBSTONES: usize = 10_000;
 
 /// A control node admitted to the cluster (its id is the key: the admission's log index).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +154,8 @@ pub enum Role {
     Viewer,
     /// May only join a control node to the cluster.
     Join,
+    /// May only enrol edges (over QUIC, with the CA fingerprint: see `portico token create`).
+    Edge,
 }
 
 /// An admin API bearer token. Only a hash of the secret is replicated.
@@ -163,6 +190,13 @@ pub struct State {
     pub cluster_ca: Option<CaRecord>,
     /// Every control node ever admitted by `join`, by node id.
     pub admissions: BTreeMap<u64, Admission>,
+    /// Every edge ever enrolled, by id.
+    pub edges: BTreeMap<String, EdgeRecord>,
+    /// Deleted API ids by the revision that deleted them, the latest [`MAX_TOMBSTONES`].
+    pub api_tombstones: BTreeMap<u64, Vec<String>>,
+    /// The newest revision whose deletions were forgotten: "changes since R" is complete only
+    /// for R at or after it.
+    pub tombstone_floor: u64,
 }
 
 impl State {
@@ -214,6 +248,15 @@ impl State {
                 check_precondition("api", id, current, *if_revision)?;
                 self.apis.remove(id);
                 self.deployments.remove(id);
+                self.api_tombstones
+                    .entry(index)
+                    .or_default()
+                    .push(id.clone());
+                while self.api_tombstones.len() > MAX_TOMBSTONES {
+                    if let Some((revision, _)) = self.api_tombstones.pop_first() {
+                        self.tombstone_floor = revision;
+                    }
+                }
                 Ok(())
             }
             Command::Deploy {
@@ -289,6 +332,41 @@ impl State {
                 );
                 Ok(())
             }
+            Command::EnrolEdge { region, token_id } => {
+                if !portico_proto::validate::is_region(region) {
+                    return Err(Rejection::Invalid(vec![format!(
+                        "region: {region:?} must be 1 to 63 of a-z, 0-9 and '-', not starting or ending with '-'"
+                    )]));
+                }
+                if self.tokens.get(token_id).map(|t| t.value.role) != Some(Role::Edge) {
+                    return Err(Rejection::NotFound {
+                        kind: "edge join token".into(),
+                        id: token_id.clone(),
+                    });
+                }
+                let id = format!("{region}-{index}");
+                self.edges.insert(
+                    id.clone(),
+                    EdgeRecord {
+                        id,
+                        region: region.clone(),
+                        token_id: token_id.clone(),
+                        enrolled_at_ms: at,
+                        revoked_at_ms: None,
+                    },
+                );
+                Ok(())
+            }
+            Command::RemoveEdge { id } => match self.edges.get_mut(id) {
+                Some(edge) => {
+                    edge.revoked_at_ms.get_or_insert(at);
+                    Ok(())
+                }
+                None => Err(Rejection::NotFound {
+                    kind: "edge".into(),
+                    id: id.clone(),
+                }),
+            },
             Command::DeleteToken { id } => match self.tokens.remove(id) {
                 Some(_) => Ok(()),
                 None => Err(Rejection::NotFound {

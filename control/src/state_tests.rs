@@ -13,6 +13,8 @@ fn api(id: &str, body: &str, stages: &[(&str, Option<&str>, bool)]) -> Api {
         name: String::new(),
         description: String::new(),
         kind: ApiKind::Http,
+        endpoint: Default::default(),
+        region: None,
         routes: vec![Route {
             key: "GET /x".to_string(),
             integration: Integration {

@@ -14,14 +14,15 @@ use http::uri::Authority;
 use http::{HeaderMap, Method, StatusCode};
 use portico_proto::mapping::{self, RequestSource, RequestTarget, ResponseSource};
 use portico_proto::{
-    Document, FieldError, GatewayResponse, GatewayResponseType, Integration, IntegrationType,
-    Route, RouteKey, Stage, TemplatePart, UriTemplate, ValidationErrors,
+    Document, EndpointMode, FieldError, GatewayResponse, GatewayResponseType, Integration,
+    IntegrationType, Route, RouteKey, Stage, TemplatePart, UriTemplate, ValidationErrors,
 };
 use regex::Regex;
 use rustc_hash::FxHashMap;
 
 use crate::metrics::{Metrics, StageMetrics};
 use crate::router::Router;
+use crate::server::Listener;
 
 /// One immutable revision of everything the edge serves. Swapped whole; a request holds one.
 #[derive(Debug, Default)]
@@ -33,6 +34,9 @@ pub struct EdgeConfig {
 #[derive(Debug)]
 pub struct CompiledApi {
     pub id: Arc<str>,
+    /// The one listener that serves the API (from its endpoint mode); on the other it does not
+    /// exist.
+    pub listener: Listener,
     pub stages: FxHashMap<String, Arc<CompiledStage>>,
     /// The `$default` stage, served at the root path.
     pub default_stage: Option<Arc<CompiledStage>>,
@@ -141,6 +145,7 @@ pub fn compile(
         let api_id: Arc<str> = api.id.as_str().into();
         let mut compiled = CompiledApi {
             id: api_id.clone(),
+            listener: listener_for(api.endpoint),
             stages: FxHashMap::default(),
             default_stage: None,
         };
@@ -177,6 +182,15 @@ pub fn compile(
         Ok(EdgeConfig { revision, apis })
     } else {
         Err(ValidationErrors(errors))
+    }
+}
+
+/// Private APIs are served on the private listener only; edge-optimized and regional APIs on
+/// the public one. (Which regional APIs an edge receives at all is the control plane's choice.)
+pub fn listener_for(endpoint: EndpointMode) -> Listener {
+    match endpoint {
+        EndpointMode::Private => Listener::Private,
+        EndpointMode::Edge | EndpointMode::Regional => Listener::Public,
     }
 }
 
@@ -399,6 +413,24 @@ mod tests {
             1,
             "canary serves the pinned deployment"
         );
+    }
+
+    #[test]
+    fn the_endpoint_mode_picks_the_listener() {
+        let doc = parse_document(
+            r#"
+apis:
+  - { id: everywhere, kind: http }
+  - { id: home, kind: http, endpoint: regional, region: eu-1 }
+  - { id: inside, kind: http, endpoint: private }
+"#,
+            Format::Yaml,
+        )
+        .unwrap();
+        let cfg = compile(&doc, 1, &Metrics::default()).unwrap();
+        assert_eq!(cfg.apis["everywhere"].listener, Listener::Public);
+        assert_eq!(cfg.apis["home"].listener, Listener::Public);
+        assert_eq!(cfg.apis["inside"].listener, Listener::Private);
     }
 
     #[test]

@@ -19,7 +19,9 @@ pub enum RouteError {
         "the Host {host:?} does not name an API: call https://{{api-id}}.{suffix}/{{stage}}/..."
     )]
     NoApiInHost { host: String, suffix: String },
-    #[error("no API {api:?} is served by this edge")]
+    /// Also the answer for an API served only on the other listener, which must not tell the
+    /// two apart.
+    #[error("no API {api:?} is served here")]
     UnknownApi { api: String },
     #[error("API {api:?} has no stage {stage:?}; its stages are: {known}")]
     UnknownStage {

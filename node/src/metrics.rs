@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -83,6 +84,16 @@ pub struct Metrics {
     pub config_revision: AtomicU64,
     pub connections_open: AtomicI64,
     pub connections_total: AtomicU64,
+    /// Where the edge listens, once bound: `portico_listener_info` and `/status` show it.
+    listeners: Mutex<Option<Listeners>>,
+}
+
+/// The data-plane listeners' bound addresses (port 0 resolved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Listeners {
+    pub public: SocketAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private: Option<SocketAddr>,
 }
 
 impl Metrics {
@@ -93,6 +104,17 @@ impl Metrics {
             .entry((api.to_string(), stage.to_string()))
             .or_default()
             .clone()
+    }
+
+    /// Called by [`crate::server::start`] once the listeners are bound.
+    pub fn set_listeners(&self, public: SocketAddr, private: Option<SocketAddr>) {
+        *self.listeners.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Listeners { public, private });
+    }
+
+    /// `None` until the data plane is listening.
+    pub fn listeners(&self) -> Option<Listeners> {
+        *self.listeners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn render(&self) -> String {
@@ -179,6 +201,19 @@ impl Metrics {
         for (name, v) in gauges {
             let _ = writeln!(out, "{name} {v}");
         }
+        if let Some(l) = self.listeners() {
+            let _ = writeln!(
+                out,
+                "# HELP portico_listener_info The data-plane listeners and their addresses.\n# TYPE portico_listener_info gauge\nportico_listener_info{{listener=\"public\",address=\"{}\"}} 1",
+                l.public
+            );
+            if let Some(private) = l.private {
+                let _ = writeln!(
+                    out,
+                    "portico_listener_info{{listener=\"private\",address=\"{private}\"}} 1"
+                );
+            }
+        }
         out
     }
 }
@@ -196,6 +231,25 @@ fn escape(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listener_info_appears_once_bound() {
+        let m = Metrics::default();
+        assert!(!m.render().contains("portico_listener_info"));
+        let public = SocketAddr::from(([0, 0, 0, 0], 8080));
+        m.set_listeners(public, None);
+        let text = m.render();
+        assert!(
+            text.contains("portico_listener_info{listener=\"public\",address=\"0.0.0.0:8080\"} 1")
+        );
+        assert!(!text.contains("listener=\"private\""), "{text}");
+        m.set_listeners(public, Some(SocketAddr::from(([10, 0, 0, 5], 8081))));
+        assert!(
+            m.render().contains(
+                "portico_listener_info{listener=\"private\",address=\"10.0.0.5:8081\"} 1"
+            )
+        );
+    }
 
     #[test]
     fn renders_cumulative_buckets_and_survives_lookups() {

@@ -14,8 +14,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::metrics::Metrics;
-use crate::store::ConfigStore;
+use crate::metrics::{Listeners, Metrics};
+use crate::store::{ConfigStore, LoadStatus};
 
 #[derive(Clone)]
 pub struct Ops {
@@ -23,6 +23,8 @@ pub struct Ops {
     pub metrics: Arc<Metrics>,
     /// Cleared when the edge starts draining, so load balancers stop sending traffic.
     pub accepting: Arc<AtomicBool>,
+    /// Config sync with the control plane, when the edge has one.
+    pub sync: Option<Arc<crate::sync::SyncStatus>>,
 }
 
 pub async fn serve(listener: TcpListener, ops: Ops) {
@@ -50,13 +52,27 @@ pub async fn serve(listener: TcpListener, ops: Ops) {
     }
 }
 
+/// `/status`: the config's load status and where the data plane listens.
+#[derive(serde::Serialize)]
+struct Status {
+    #[serde(flatten)]
+    config: LoadStatus,
+    listeners: Option<Listeners>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sync: Option<crate::sync::SyncReport>,
+}
+
 fn answer(ops: &Ops, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
     match req.uri().path() {
         "/metrics" => {
-            let mut r = text(StatusCode::OK, ops.metrics.render());
+            let mut body = ops.metrics.render();
+            if let Some(sync) = &ops.sync {
+                sync.render(ops.config.current().revision, &mut body);
+            }
+            let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -74,7 +90,15 @@ fn answer(ops: &Ops, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         "/status" => {
-            let body = serde_json::to_string_pretty(&ops.config.status()).unwrap_or_default();
+            let body = serde_json::to_string_pretty(&Status {
+                config: ops.config.status(),
+                listeners: ops.metrics.listeners(),
+                sync: ops
+                    .sync
+                    .as_ref()
+                    .map(|s| s.report(ops.config.current().revision)),
+            })
+            .unwrap_or_default();
             let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

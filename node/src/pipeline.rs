@@ -6,6 +6,11 @@
 //! own error type; [`crate::error::gateway_response`] is the only place errors become
 //! responses, and the access log line and metrics are emitted once, when the response body is
 //! finished ([`crate::body::Finish`]).
+//!
+//! The endpoint policy's listener rule (a private API only on the private listener, which
+//! serves nothing else) is applied by route as it looks up the API, not after: an API the
+//! listener does not serve must get the very answer an unknown API gets, before its stages,
+//! routes or gateway responses could show. Its resource-policy half is not built yet.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,7 +27,7 @@ use crate::compile::{CompiledStage, EdgeConfig};
 use crate::error::{GatewayError, RouteError, gateway_response};
 use crate::integration::{self, CallContext};
 use crate::request_id::{self, REQUEST_ID};
-use crate::server::ConnState;
+use crate::server::{ConnState, Listener};
 use crate::upstream::PooledConnection;
 use crate::worker::Worker;
 
@@ -102,10 +107,10 @@ async fn run(
     exchange: &mut Exchange,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    // Phase 1 — route: the API from the Host, the stage from the first path segment, the route
-    // from the rest of the path.
+    // Phase 1 — route: the API from the Host (among those this connection's listener serves),
+    // the stage from the first path segment, the route from the rest of the path.
     let path = exchange.record.path.clone();
-    let routed = route(worker, config, &req, path.path(), exchange)?;
+    let routed = route(worker, config, conn.listener, &req, path.path(), exchange)?;
     let route = &routed.stage.routes[routed.route];
     exchange.record.route_key = Some(route.key.clone());
 
@@ -140,6 +145,7 @@ struct Routed<'p> {
 fn route<'p>(
     worker: &Worker,
     config: &EdgeConfig,
+    listener: Listener,
     req: &Request<Incoming>,
     path: &'p str,
     exchange: &mut Exchange,
@@ -150,15 +156,15 @@ fn route<'p>(
         host: host.to_string(),
         suffix: suffix.clone(),
     })?;
-    let api = match config.apis.get(api_id) {
-        Some(api) => api,
-        None => config
-            .apis
-            .get(&api_id.to_ascii_lowercase())
-            .ok_or_else(|| RouteError::UnknownApi {
-                api: api_id.to_string(),
-            })?,
-    };
+    let api = config
+        .apis
+        .get(api_id)
+        .or_else(|| config.apis.get(&api_id.to_ascii_lowercase()))
+        // Endpoint policy, listener rule: on the other listener the API does not exist.
+        .filter(|api| api.listener == listener)
+        .ok_or_else(|| RouteError::UnknownApi {
+            api: api_id.to_string(),
+        })?;
 
     let rest = path.strip_prefix('/').unwrap_or(path);
     let first = rest.split_once('/').map_or(rest, |(first, _)| first);

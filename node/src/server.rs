@@ -2,7 +2,9 @@
 //!
 //! Each worker thread runs a single-threaded tokio runtime with its own `SO_REUSEPORT` listener
 //! and backend pool, so a request is served start to end on one core with no cross-thread
-//! wake-ups (measured at +6..29 % CPU per request for a work-stealing runtime).
+//! wake-ups (measured at +6..29 % CPU per request for a work-stealing runtime). With a private
+//! listener configured, every worker accepts on both, under the same connection limit, and
+//! each connection remembers which one it came in on ([`Listener`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,9 +29,19 @@ use crate::store::ConfigStore;
 use crate::upstream::{UpstreamPool, backend_tls_config};
 use crate::worker::Worker;
 
+/// Which listener a connection came in on; it decides which APIs the connection can reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `--listen`: APIs with `endpoint: edge` or `regional`.
+    Public,
+    /// `--private-listen`: APIs with `endpoint: private`, and only those.
+    Private,
+}
+
 /// Per-connection state the pipeline and the idle watchdog share.
 pub struct ConnState {
     pub peer: SocketAddr,
+    pub listener: Listener,
     /// The peer's IP as a header value, built once per connection for X-Forwarded-For.
     pub peer_ip: http::HeaderValue,
     pub in_flight: AtomicU32,
@@ -48,9 +60,10 @@ fn now_ms() -> u64 {
 }
 
 impl ConnState {
-    fn new(peer: SocketAddr) -> ConnState {
+    fn new(peer: SocketAddr, listener: Listener) -> ConnState {
         ConnState {
             peer,
+            listener,
             peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
             in_flight: AtomicU32::new(0),
@@ -106,11 +119,18 @@ pub struct EdgeServer {
     shutdown: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     local_addr: SocketAddr,
+    private_addr: Option<SocketAddr>,
 }
 
 impl EdgeServer {
+    /// The public listener's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The private listener's address, when there is one.
+    pub fn private_addr(&self) -> Option<SocketAddr> {
+        self.private_addr
     }
 
     /// Stops accepting, lets in-flight requests finish (up to the drain timeout), and waits for
@@ -143,17 +163,30 @@ pub fn start(
     let tls = backend_tls_config(&extra_roots).map_err(io::Error::other)?;
 
     let workers = settings.workers.max(1);
-    let first = bind_reuseport(settings.listen)?;
-    let local_addr = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..workers {
-        listeners.push(bind_reuseport(local_addr)?);
-    }
+    let (local_addr, public) = bind_per_worker(settings.listen, workers)?;
+    let (private_addr, private) = match settings.private_listen {
+        // Sockets on one address with SO_REUSEPORT share the connections: the private APIs
+        // would answer on the public address.
+        Some(addr) if addr == local_addr => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the private listener {addr} is the public listener's address"),
+            ));
+        }
+        Some(addr) => {
+            let (bound, sockets) = bind_per_worker(addr, workers).map_err(|e| {
+                io::Error::new(e.kind(), format!("the private listener {addr}: {e}"))
+            })?;
+            (Some(bound), sockets.into_iter().map(Some).collect())
+        }
+        None => (None, (0..workers).map(|_| None).collect::<Vec<_>>()),
+    };
+    metrics.set_listeners(local_addr, private_addr);
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let per_worker_connections = settings.max_connections.div_ceil(workers).max(1);
     let mut threads = Vec::with_capacity(workers);
-    for (i, listener) in listeners.into_iter().enumerate() {
+    for (i, (public, private)) in public.into_iter().zip(private).enumerate() {
         let worker = Arc::new(Worker {
             settings: settings.clone(),
             config: config.clone(),
@@ -179,7 +212,8 @@ pub fn start(
                     }
                 };
                 runtime.block_on(run_worker(
-                    listener,
+                    public,
+                    private,
                     worker,
                     per_worker_connections,
                     shutdown_rx,
@@ -191,7 +225,22 @@ pub fn start(
         shutdown,
         threads,
         local_addr,
+        private_addr,
     })
+}
+
+/// One `SO_REUSEPORT` socket per worker on `addr`; the first resolves port 0 for the others.
+fn bind_per_worker(
+    addr: SocketAddr,
+    workers: usize,
+) -> io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
+    let first = bind_reuseport(addr)?;
+    let bound = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..workers {
+        sockets.push(bind_reuseport(bound)?);
+    }
+    Ok((bound, sockets))
 }
 
 fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -247,14 +296,18 @@ impl Drop for Tracked {
 }
 
 async fn run_worker(
-    listener: std::net::TcpListener,
+    public: std::net::TcpListener,
+    private: Option<std::net::TcpListener>,
     worker: Arc<Worker>,
     max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
+    let (public, private) = match (
+        TcpListener::from_std(public),
+        private.map(TcpListener::from_std).transpose(),
+    ) {
+        (Ok(public), Ok(private)) => (public, private),
+        (Err(e), _) | (_, Err(e)) => {
             tracing::error!(error = %e, "cannot register listener");
             return;
         }
@@ -284,17 +337,21 @@ async fn run_worker(
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = shutdown.changed() => break,
         };
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        // Both listeners share the permits: the connection limit is the edge's, not each
+        // listener's. `select!` polls its branches in random order, so neither starves.
+        let (accepted, listener) = tokio::select! {
+            r = public.accept() => (r, Listener::Public),
+            r = accept_if_some(private.as_ref()) => (r, Listener::Private),
             _ = shutdown.changed() => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, ?listener, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         tracker.open.fetch_add(1, Relaxed);
@@ -304,15 +361,18 @@ async fn run_worker(
         tokio::spawn(serve_connection(
             tcp,
             peer,
+            listener,
             worker.clone(),
             builder.clone(),
             shutdown.clone(),
             (permit, guard),
         ));
     }
-    drop(listener);
+    drop(public);
+    drop(private);
 
-    // Drain: connections got the shutdown signal and close once their requests are done.
+    // Drain: connections (from either listener) got the shutdown signal and close once their
+    // requests are done.
     let drained = async {
         loop {
             let closed = tracker.closed.notified();
@@ -335,15 +395,24 @@ async fn run_worker(
     worker.access_log.flush_thread();
 }
 
+/// Accepts on `listener`; never completes when there is none.
+async fn accept_if_some(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn serve_connection<G: Send + 'static>(
     tcp: TcpStream,
     peer: SocketAddr,
+    listener: Listener,
     worker: Arc<Worker>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     mut shutdown: watch::Receiver<bool>,
     _guards: G,
 ) {
-    let state = Arc::new(ConnState::new(peer));
+    let state = Arc::new(ConnState::new(peer, listener));
     let idle_timeout = worker.settings.idle_timeout;
     let header_timeout = worker.settings.header_read_timeout;
     let io = TokioIo::new(ActivityIo {
@@ -483,5 +552,147 @@ impl AsyncWrite for ActivityIo {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use portico_proto::{Format, parse_document};
+
+    use super::*;
+    use crate::access_log::AccessLogTarget;
+
+    const APIS: &str = r#"
+apis:
+  - id: open
+    kind: http
+    routes: [{ key: GET /x, integration: { type: mock, body: public } }]
+    stages: [{ name: s }]
+  - id: inner
+    kind: http
+    endpoint: private
+    routes: [{ key: GET /x, integration: { type: mock, body: private } }]
+    stages: [{ name: s }]
+"#;
+
+    fn serve(settings: EdgeSettings) -> io::Result<EdgeServer> {
+        let metrics = Arc::new(Metrics::default());
+        let store = Arc::new(ConfigStore::new(metrics.clone()));
+        store
+            .apply(&parse_document(APIS, Format::Yaml).unwrap(), "test")
+            .unwrap();
+        let access_log = AccessLog::open(&AccessLogTarget::Off).unwrap();
+        start(Arc::new(settings), store, metrics, access_log)
+    }
+
+    /// Sends `GET /s/x` for `api` on `tcp` and reads the response: (status line, body).
+    fn ask(tcp: &mut std::net::TcpStream, api: &str) -> (String, String) {
+        write!(
+            tcp,
+            "GET /s/x HTTP/1.1\r\nHost: {api}.portico.localhost\r\n\r\n"
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tcp.read(&mut buf).unwrap();
+            assert!(
+                n > 0,
+                "closed mid-response: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .expect("a content-length")
+                    .parse()
+                    .unwrap();
+                if body.len() >= length {
+                    let status = head.lines().next().unwrap_or_default().to_string();
+                    return (status, body.to_string());
+                }
+            }
+        }
+    }
+
+    fn connect(addr: SocketAddr) -> std::net::TcpStream {
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        tcp
+    }
+
+    #[test]
+    fn every_worker_serves_both_listeners_and_shutdown_drains_both() {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let server = serve(EdgeSettings {
+            listen: loopback,
+            private_listen: Some(loopback),
+            workers: 2,
+            drain_timeout: Duration::from_secs(30),
+            ..EdgeSettings::default()
+        })
+        .unwrap();
+        let public = server.local_addr();
+        let private = server.private_addr().expect("a private listener");
+        assert_ne!(public, private);
+
+        // Several connections each, so that both workers' sockets take some.
+        for _ in 0..8 {
+            let ok = ("HTTP/1.1 200 OK".to_string(), "public".to_string());
+            assert_eq!(ask(&mut connect(public), "open"), ok);
+            let ok = ("HTTP/1.1 200 OK".to_string(), "private".to_string());
+            assert_eq!(ask(&mut connect(private), "inner"), ok);
+            assert!(ask(&mut connect(public), "inner").0.contains(" 404 "));
+            assert!(ask(&mut connect(private), "open").0.contains(" 404 "));
+        }
+
+        // Idle keep-alive connections on both listeners are closed by the drain, which then
+        // ends well before its timeout.
+        let mut kept = [connect(public), connect(private)];
+        ask(&mut kept[0], "open");
+        ask(&mut kept[1], "inner");
+        let started = Instant::now();
+        server.shutdown();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "shutdown waited {:?}",
+            started.elapsed()
+        );
+        for tcp in &mut kept {
+            let mut rest = Vec::new();
+            assert_eq!(tcp.read_to_end(&mut rest).unwrap(), 0, "closed by the edge");
+        }
+        for addr in [public, private] {
+            assert!(
+                std::net::TcpStream::connect(addr).is_err(),
+                "{addr} still accepts"
+            );
+        }
+    }
+
+    #[test]
+    fn the_private_listener_may_not_share_the_public_address() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        drop(taken);
+        let err = match serve(EdgeSettings {
+            listen: addr,
+            private_listen: Some(addr),
+            workers: 1,
+            ..EdgeSettings::default()
+        }) {
+            Ok(_) => panic!("started with both listeners on {addr}"),
+            Err(e) => e,
+        };
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(
+            err.to_string().contains("public listener's address"),
+            "{err}"
+        );
     }
 }

@@ -9,6 +9,9 @@ use crate::access_log::AccessLogTarget;
 #[derive(Debug, Clone)]
 pub struct EdgeSettings {
     pub listen: SocketAddr,
+    /// The private listener: the only one that serves APIs with `endpoint: private`, and it
+    /// serves nothing else. `None`: this edge serves no private APIs.
+    pub private_listen: Option<SocketAddr>,
     pub ops_listen: SocketAddr,
     /// Worker threads, each with its own runtime, listener (SO_REUSEPORT) and backend pool.
     pub workers: usize,
@@ -34,6 +37,7 @@ impl Default for EdgeSettings {
     fn default() -> Self {
         EdgeSettings {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            private_listen: None,
             ops_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             domain_suffix: "portico.localhost".to_string(),

@@ -45,6 +45,19 @@ pub struct LoadStatus {
     pub last_error: Option<String>,
 }
 
+/// A validated, compiled config waiting to be swapped in ([`ConfigStore::install`]).
+pub struct Prepared {
+    config: EdgeConfig,
+    apis: usize,
+    source: String,
+}
+
+impl Prepared {
+    pub fn revision(&self) -> u64 {
+        self.config.revision
+    }
+}
+
 pub struct ConfigStore {
     current: ArcSwap<EdgeConfig>,
     metrics: Arc<Metrics>,
@@ -95,26 +108,61 @@ impl ConfigStore {
         if self.is_loaded() && revision <= serving {
             return Ok(serving);
         }
+        let prepared = self.prepare(doc, revision, source)?;
+        Ok(self.install(prepared))
+    }
+
+    /// Validates and compiles `doc` as `revision` without serving it yet (the sync client
+    /// persists it first). A rejection is recorded like any other.
+    pub fn prepare(
+        &self,
+        doc: &Document,
+        revision: u64,
+        source: &str,
+    ) -> Result<Prepared, LoadError> {
         match compile(doc, revision, &self.metrics) {
-            Ok(config) => {
-                self.current.store(Arc::new(config));
-                self.loaded.store(true, Relaxed);
-                self.metrics.config_revision.store(revision, Relaxed);
-                self.metrics.reloads_ok.fetch_add(1, Relaxed);
-                *self.status.lock().unwrap_or_else(|p| p.into_inner()) = LoadStatus {
-                    revision,
-                    source: source.to_string(),
-                    loaded_at: Some(crate::access_log::rfc3339_millis(SystemTime::now())),
-                    apis: doc.apis.len(),
-                    last_error: None,
-                };
-                Ok(revision)
-            }
+            Ok(config) => Ok(Prepared {
+                config,
+                apis: doc.apis.len(),
+                source: source.to_string(),
+            }),
             Err(errors) => Err(self.rejected(LoadError::Compile {
                 source_name: source.to_string(),
                 errors,
             })),
         }
+    }
+
+    /// Swaps in a prepared config, unless an equal or newer revision already serves. Returns
+    /// the revision serving afterwards.
+    pub fn install(&self, prepared: Prepared) -> u64 {
+        let revision = prepared.config.revision;
+        let serving = self.current.load().revision;
+        if self.is_loaded() && revision <= serving {
+            return serving;
+        }
+        self.current.store(Arc::new(prepared.config));
+        self.loaded.store(true, Relaxed);
+        self.metrics.config_revision.store(revision, Relaxed);
+        self.metrics.reloads_ok.fetch_add(1, Relaxed);
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = LoadStatus {
+            revision,
+            source: prepared.source,
+            loaded_at: Some(crate::access_log::rfc3339_millis(SystemTime::now())),
+            apis: prepared.apis,
+            last_error: None,
+        };
+        revision
+    }
+
+    /// Records an error about the config that did not come from compiling it (a corrupt
+    /// last-known-good file, a refused update), for `/status`.
+    pub fn report_error(&self, message: String) {
+        self.metrics.reloads_failed.fetch_add(1, Relaxed);
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_error = Some(message);
     }
 
     /// Reads, parses, validates, compiles and swaps in a file. `Ok(None)` when its content is

@@ -173,6 +173,37 @@ mod tests {
     }
 
     #[test]
+    fn the_region_follows_the_endpoint_mode() {
+        let api = |fields: &str| format!("apis:\n  - {{ id: a, kind: http{fields} }}\n");
+        for ok in [
+            "",
+            ", endpoint: edge",
+            ", endpoint: regional, region: eu-west-1",
+            ", endpoint: private",
+            ", endpoint: private, region: eu-west-1",
+        ] {
+            let doc = parse_document(&api(ok), Format::Yaml);
+            assert!(doc.is_ok(), "{ok:?}: {}", doc.unwrap_err());
+        }
+        for (bad, says) in [
+            (", endpoint: regional", "needs its home region"),
+            (", region: eu-west-1", "served in every region"),
+            (
+                ", endpoint: edge, region: eu-west-1",
+                "served in every region",
+            ),
+            (", endpoint: regional, region: EU_West", "must be 1 to 63"),
+            (", endpoint: private, region: -x", "must be 1 to 63"),
+        ] {
+            let err = parse_document(&api(bad), Format::Yaml).unwrap_err();
+            assert_eq!(err.field_paths(), ["apis[0].region"], "{bad:?}: {err}");
+            assert!(err.to_string().contains(says), "{bad:?}: {err}");
+        }
+        let err = parse_document(&api(", endpoint: public"), Format::Yaml).unwrap_err();
+        assert!(err.to_string().starts_with("apis[0].endpoint:"), "{err}");
+    }
+
+    #[test]
     fn rejects_out_of_place_and_conflicting_fields() {
         let doc = r#"
 apis:

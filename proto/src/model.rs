@@ -48,12 +48,44 @@ pub struct Api {
     #[serde(default)]
     pub description: String,
     pub kind: ApiKind,
+    /// Which edges serve the API: every edge (`edge`, the default), the edges of `region`
+    /// (`regional`), or the private listeners of edges that have one (`private`).
+    #[serde(default)]
+    pub endpoint: EndpointMode,
+    /// The home region: required for `regional`; for `private`, limits it to that region.
+    #[serde(default)]
+    pub region: Option<String>,
     #[serde(default)]
     pub routes: Vec<Route>,
     #[serde(default)]
     pub gateway_responses: BTreeMap<GatewayResponseType, GatewayResponse>,
     #[serde(default)]
     pub stages: Vec<Stage>,
+}
+
+/// Where an API is served (AWS's endpoint configuration types).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointMode {
+    /// Edge-optimized: every edge in every region.
+    #[default]
+    Edge,
+    /// Only edges of the API's home region; other edges never receive it.
+    Regional,
+    /// Only the private listener of edges that have one; never a public listener.
+    Private,
+}
+
+impl EndpointMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointMode::Edge => "edge",
+            EndpointMode::Regional => "regional",
+            EndpointMode::Private => "private",
+        }
+    }
 }
 
 impl Api {

@@ -201,6 +201,21 @@ fn validate_api(p: &str, api: &Api, errs: &mut Errors) {
         errs.push(format!("{p}.description"), "at most 4096 characters");
     }
     validate_definition(p, api.kind, &api.routes, &api.gateway_responses, errs);
+    match (&api.region, api.endpoint) {
+        (Some(region), _) if !is_region(region) => errs.push(
+            format!("{p}.region"),
+            format!("{region:?} must be 1 to 63 of a-z, 0-9 and '-', not starting or ending with '-'"),
+        ),
+        (None, EndpointMode::Regional) => errs.push(
+            format!("{p}.region"),
+            "a regional API needs its home region",
+        ),
+        (Some(_), EndpointMode::Edge) => errs.push(
+            format!("{p}.region"),
+            "an edge-optimized API is served in every region; set endpoint: regional to pin it to one",
+        ),
+        _ => {}
+    }
 
     if api.stages.len() > MAX_STAGES_PER_API {
         errs.push(
@@ -247,6 +262,11 @@ fn validate_api(p: &str, api: &Api, errs: &mut Errors) {
             }
         }
     }
+}
+
+/// Regions become DNS labels in edge certificates, so they follow the same rule as API ids.
+pub fn is_region(s: &str) -> bool {
+    is_api_id(s)
 }
 
 fn validate_snapshot(p: &str, s: &ApiSnapshot, errs: &mut Errors) {

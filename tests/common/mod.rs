@@ -182,6 +182,7 @@ pub struct EdgeBuilder {
     file_name: String,
     watch_ms: u64,
     workers: usize,
+    private: bool,
     args: Vec<String>,
 }
 
@@ -194,6 +195,12 @@ impl EdgeBuilder {
 
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
+        self
+    }
+
+    /// Also listen privately (`--private-listen`), on a port of its own: [`Edge::private`].
+    pub fn private_listener(mut self) -> Self {
+        self.private = true;
         self
     }
 
@@ -230,16 +237,23 @@ impl EdgeBuilder {
 
     /// Spawns the edge and returns without waiting for readiness (for start-up failures).
     pub fn spawn(self) -> Edge {
-        let ports = free_ports(2);
-        self.spawn_on(ports[0], ports[1])
+        self.spawn_on(&self.free_ports())
     }
 
-    fn spawn_on(&self, port: u16, ops_port: u16) -> Edge {
+    /// Public, ops and (if asked for) private.
+    fn free_ports(&self) -> Vec<u16> {
+        free_ports(if self.private { 3 } else { 2 })
+    }
+
+    fn spawn_on(&self, ports: &[u16]) -> Edge {
         let dir = TempDir::new("portico-e2e");
         let config_path = dir.path().join(&self.file_name);
         std::fs::write(&config_path, &self.config).expect("write config");
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let ops: SocketAddr = ([127, 0, 0, 1], ops_port).into();
+        let addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+        let ops: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+        let private = ports
+            .get(2)
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], *port)));
         let mut cmd = Command::new(BIN);
         cmd.arg("--log-format")
             .arg("json")
@@ -254,6 +268,11 @@ impl EdgeBuilder {
             .arg(self.workers.to_string())
             .arg("--watch-interval-ms")
             .arg(self.watch_ms.to_string())
+            .args(
+                private
+                    .iter()
+                    .flat_map(|p| ["--private-listen".to_string(), p.to_string()]),
+            )
             .args(&self.args)
             .env("PORTICO_LOG", "info")
             .env_remove("PORTICO_LOG_FORMAT")
@@ -268,6 +287,7 @@ impl EdgeBuilder {
             child,
             addr,
             ops,
+            private,
             config_path,
             stdout,
             stderr,
@@ -276,8 +296,7 @@ impl EdgeBuilder {
     }
 
     fn try_start(&self) -> std::result::Result<Edge, (bool, String)> {
-        let ports = free_ports(2);
-        let mut edge = self.spawn_on(ports[0], ports[1]);
+        let mut edge = self.spawn_on(&self.free_ports());
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = edge.child.try_wait() {
@@ -312,6 +331,8 @@ pub struct Edge {
     pub addr: SocketAddr,
     /// The ops listener.
     pub ops: SocketAddr,
+    /// The private listener, if [`EdgeBuilder::private_listener`] asked for one.
+    pub private: Option<SocketAddr>,
     pub config_path: PathBuf,
     pub stdout: Lines,
     pub stderr: Lines,
@@ -325,6 +346,7 @@ impl Edge {
             file_name: "portico.yaml".to_string(),
             watch_ms: 0,
             workers: 2,
+            private: false,
             args: Vec::new(),
         }
     }

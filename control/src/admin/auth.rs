@@ -44,7 +44,9 @@ pub enum AuthError {
     Missing,
     #[error("the bearer token is malformed or unknown")]
     Invalid,
-    #[error("this token's role may not do this (viewer tokens only read, join tokens only join)")]
+    #[error(
+        "this token's role may not do this (viewer tokens only read, join tokens only join, edge tokens only enrol edges)"
+    )]
     Forbidden,
 }
 
@@ -56,12 +58,17 @@ pub fn authenticate(state: &State, header: Option<&str>) -> Result<Role, AuthErr
         .or_else(|| value.strip_prefix("bearer "))
         .ok_or(AuthError::Missing)?
         .trim();
+    authenticate_token(state, token).map(|(_, role)| role)
+}
+
+/// The id and role of a bare token (`ptk_{id}_{secret}`).
+pub fn authenticate_token(state: &State, token: &str) -> Result<(String, Role), AuthError> {
     let rest = token.strip_prefix(PREFIX).ok_or(AuthError::Invalid)?;
     let (id, secret) = rest.split_once('_').ok_or(AuthError::Invalid)?;
     let record = state.tokens.get(id).ok_or(AuthError::Invalid)?;
     let presented = sha256_hex(secret.as_bytes());
     if constant_time_eq(presented.as_bytes(), record.value.secret_sha256.as_bytes()) {
-        Ok(record.value.role)
+        Ok((id.to_string(), record.value.role))
     } else {
         Err(AuthError::Invalid)
     }
@@ -70,7 +77,7 @@ pub fn authenticate(state: &State, header: Option<&str>) -> Result<Role, AuthErr
 pub fn require_admin(role: Role) -> Result<(), AuthError> {
     match role {
         Role::Admin => Ok(()),
-        Role::Viewer | Role::Join => Err(AuthError::Forbidden),
+        Role::Viewer | Role::Join | Role::Edge => Err(AuthError::Forbidden),
     }
 }
 

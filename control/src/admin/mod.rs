@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod edges;
 mod openapi;
 mod routes;
 
@@ -56,6 +57,16 @@ pub trait Backend: Send + Sync + 'static {
     fn promote(&self, id: NodeId) -> impl Future<Output = Result<(), ProposeError>> + Send;
     /// Removes a member, voter or learner (leader only).
     fn remove_member(&self, id: NodeId) -> impl Future<Output = Result<(), ProposeError>> + Send;
+    /// The edges connected to this node, as JSON (`{"node", "items"}`).
+    fn local_edges(&self) -> serde_json::Value;
+    /// Every enrolled edge with the freshest status any member reports (see [`edges`]); asks
+    /// the other members with the caller's `authorization`.
+    fn cluster_edges(
+        &self,
+        authorization: Option<String>,
+    ) -> impl Future<Output = serde_json::Value> + Send;
+    /// Prometheus text of this node's metrics.
+    fn metrics(&self) -> String;
 }
 
 /// What a joining node needs to start: its id and identity in the cluster.

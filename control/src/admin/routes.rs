@@ -23,6 +23,16 @@ pub async fn handle<B: Backend>(backend: &B, req: &Request<Bytes>) -> Outcome {
     if method == Method::GET && segments == ["v1", "openapi.json"] {
         return done(json_response(StatusCode::OK, &openapi::document()));
     }
+    // Scraped by Prometheus without a token, like the edges' ops listener (bind the admin API
+    // to a private address).
+    if method == Method::GET && segments == ["metrics"] {
+        let mut r = http::Response::new(http_body_util::Full::new(Bytes::from(backend.metrics())));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        return done(r);
+    }
     if segments.first() != Some(&"v1") {
         return done(error(
             StatusCode::NOT_FOUND,
@@ -56,7 +66,7 @@ pub async fn handle<B: Backend>(backend: &B, req: &Request<Bytes>) -> Outcome {
             &segments[1..],
             ["cluster", "join"] | ["cluster", "members", _, "promote"]
         );
-    if role == Role::Join && !joining {
+    if role == Role::Edge || (role == Role::Join && !joining) {
         return done(auth_error(AuthError::Forbidden));
     }
     if writes
@@ -242,8 +252,25 @@ pub async fn handle<B: Backend>(backend: &B, req: &Request<Bytes>) -> Outcome {
                     ));
                 }
             };
-            let answer = json!({"id": minted.record.id, "name": body.name, "role": body.role, "token": minted.token,
+            let mut answer = json!({"id": minted.record.id, "name": body.name, "role": body.role, "token": minted.token,
                 "note": "the token is shown once; store it now"});
+            // An edge enrols before it trusts anything: its join token carries the CA's
+            // fingerprint, which it checks the control node's certificate chain against.
+            if body.role == Role::Edge {
+                let Some(pin) = state
+                    .cluster_ca
+                    .as_ref()
+                    .and_then(|ca| crate::transport::ca::pem_der(&ca.cert_pem))
+                else {
+                    return done(unavailable("the cluster has no CA yet"));
+                };
+                let pin = crate::transport::ca_fingerprint(&pin);
+                answer["join_token"] =
+                    json!(portico_proto::sync::JoinToken::format(&minted.token, &pin));
+                answer["note"] = json!(
+                    "the join token is shown once; start an edge with: portico edge --control HOST:7443 --region REGION --join-token JOIN_TOKEN"
+                );
+            }
             write(
                 backend,
                 Command::CreateToken {
@@ -258,6 +285,25 @@ pub async fn handle<B: Backend>(backend: &B, req: &Request<Bytes>) -> Outcome {
             write(
                 backend,
                 Command::DeleteToken { id: id.to_string() },
+                "",
+                |s| json!({"revision": s.revision}),
+            )
+            .await
+        }
+        (Method::GET, ["cluster", "edges"]) => {
+            let answer = if query_flag(req, "scope", "local") {
+                backend.local_edges()
+            } else {
+                backend
+                    .cluster_edges(authorization.map(str::to_string))
+                    .await
+            };
+            done(json_response(StatusCode::OK, &answer))
+        }
+        (Method::DELETE, ["cluster", "edges", id]) => {
+            write(
+                backend,
+                Command::RemoveEdge { id: id.to_string() },
                 "",
                 |s| json!({"revision": s.revision}),
             )

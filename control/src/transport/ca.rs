@@ -35,6 +35,10 @@ pub fn node_dns_name(node_id: u64) -> String {
     format!("node-{node_id}.{IDENTITY_DOMAIN}")
 }
 
+/// The name every control node's certificate also carries: edges dial any control node by it
+/// (they know addresses, not node ids).
+pub const CONTROL_DNS_NAME: &str = portico_proto::sync::CONTROL_SERVER_NAME;
+
 /// The name an edge's certificate carries.
 pub fn edge_dns_name(edge_id: &str) -> String {
     format!("edge-{edge_id}.{IDENTITY_DOMAIN}")
@@ -79,13 +83,19 @@ impl fmt::Debug for Issued {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PeerIdentity {
     Node(u64),
-    Edge { id: String, region: String },
+    /// No certificate: allowed only on protocols routed for it (edge enrolment).
+    Anonymous,
+    Edge {
+        id: String,
+        region: String,
+    },
 }
 
 impl fmt::Display for PeerIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PeerIdentity::Node(id) => write!(f, "node {id}"),
+            PeerIdentity::Anonymous => f.write_str("anonymous peer"),
             PeerIdentity::Edge { id, region } => write!(f, "edge {id} (region {region})"),
         }
     }
@@ -190,7 +200,10 @@ impl ClusterCa {
     /// Issues a control node's certificate: server and client authentication, for
     /// `node-{id}.portico.internal` and the given host names and IP addresses.
     pub fn issue_node(&self, node_id: u64, hosts: &[String]) -> Result<Issued, CaError> {
-        let mut sans = vec![dns_san(node_dns_name(node_id))?];
+        let mut sans = vec![
+            dns_san(node_dns_name(node_id))?,
+            dns_san(CONTROL_DNS_NAME.to_string())?,
+        ];
         for host in hosts {
             sans.push(host_san(host)?);
         }
@@ -205,24 +218,38 @@ impl ClusterCa {
     /// Issues an edge's certificate: client authentication only, for
     /// `edge-{id}.portico.internal`, with the region as the subject's organizational unit.
     pub fn issue_edge(&self, edge_id: &str, region: &str) -> Result<Issued, CaError> {
-        check_label("edge_id", edge_id)?;
-        check_label("region", region)?;
-        let sans = vec![dns_san(edge_dns_name(edge_id))?];
-        let mut params = leaf_params(format!("portico edge {edge_id}"), sans)?;
-        params
-            .distinguished_name
-            .push(DnType::OrganizationalUnitName, region);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.sign(params)
+        self.sign(edge_params(edge_id, region)?)
+    }
+
+    /// Issues an edge's certificate (as [`ClusterCa::issue_edge`]) for the key in a PKCS#10
+    /// request, whose signature proves the edge holds that key. Everything else in the request
+    /// is ignored: the identity is the CA's to decide. Returns the certificate, PEM.
+    pub fn issue_edge_for_csr(
+        &self,
+        edge_id: &str,
+        region: &str,
+        csr_der: &[u8],
+    ) -> Result<Issued, CaError> {
+        let der = rustls_pki_types::CertificateSigningRequestDer::from(csr_der);
+        let csr = rcgen::CertificateSigningRequestParams::from_der(&der)?;
+        let params = edge_params(edge_id, region)?;
+        let serial = serial_hex(&params);
+        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: String::new(),
+            serial,
+        })
+    }
+
+    /// SHA-256 of the CA certificate (DER): the pin in edge join tokens.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        ca_fingerprint(&self.cert_der)
     }
 
     fn sign(&self, params: CertificateParams) -> Result<Issued, CaError> {
         let key = KeyPair::generate()?;
-        let serial = params
-            .serial_number
-            .as_ref()
-            .map(|s| hex(&s.to_bytes()))
-            .unwrap_or_default();
+        let serial = serial_hex(&params);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued {
             cert_pem: cert.pem(),
@@ -230,6 +257,36 @@ impl ClusterCa {
             serial,
         })
     }
+}
+
+/// SHA-256 of a certificate (DER).
+pub fn ca_fingerprint(cert_der: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert_der);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+fn serial_hex(params: &CertificateParams) -> String {
+    params
+        .serial_number
+        .as_ref()
+        .map(|s| hex(&s.to_bytes()))
+        .unwrap_or_default()
+}
+
+/// An edge's certificate: client authentication only, for `edge-{id}.portico.internal`, with
+/// the region as the subject's organizational unit.
+fn edge_params(edge_id: &str, region: &str) -> Result<CertificateParams, CaError> {
+    check_label("edge_id", edge_id)?;
+    check_label("region", region)?;
+    let sans = vec![dns_san(edge_dns_name(edge_id))?];
+    let mut params = leaf_params(format!("portico edge {edge_id}"), sans)?;
+    params
+        .distinguished_name
+        .push(DnType::OrganizationalUnitName, region);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    Ok(params)
 }
 
 fn leaf_params(common_name: String, sans: Vec<SanType>) -> Result<CertificateParams, CaError> {
@@ -347,7 +404,10 @@ pub fn peer_identity(cert: &CertificateDer<'_>) -> Result<PeerIdentity, Identity
         .general_names
         .iter()
         .filter_map(|name| match name {
-            GeneralName::DNSName(dns) => dns.strip_suffix(suffix.as_str()),
+            // The shared control name is a role, not an identity.
+            GeneralName::DNSName(dns) if *dns != CONTROL_DNS_NAME => {
+                dns.strip_suffix(suffix.as_str())
+            }
             _ => None,
         });
     let label = identities.next().ok_or(IdentityError::Missing)?;

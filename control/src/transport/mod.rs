@@ -19,19 +19,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use ca::{
-    CaError, ClusterCa, IdentityError, Issued, PeerIdentity, edge_dns_name, node_dns_name,
-    peer_identity,
+    CONTROL_DNS_NAME, CaError, ClusterCa, IdentityError, Issued, PeerIdentity, ca_fingerprint,
+    edge_dns_name, node_dns_name, peer_identity,
 };
-pub use frame::{FrameError, decode_body, encode_frame, read_frame, write_frame};
+pub use frame::{FrameError, encode_frame, read_frame, write_frame};
 pub use raft_net::QuicRaftNetwork;
 pub use raft_server::{RaftRequest, RaftResponse, RaftService, serve_raft};
 pub use server::{AlpnRouter, ProtocolHandler, ServeLimits, connection_identity, serve};
-pub use tls::{TlsError, TlsIdentity, TransportLimits, client_crypto, server_crypto};
+pub use tls::{
+    TlsError, TlsIdentity, TransportLimits, client_crypto, server_crypto,
+    server_crypto_with_enrolment,
+};
 
 /// ALPN of Raft between control nodes.
 pub const ALPN_RAFT: &[u8] = b"portico-raft/1";
-/// ALPN of config sync between an edge and a control node.
-pub const ALPN_SYNC: &[u8] = b"portico-sync/1";
+pub use portico_proto::sync::{ALPN_ENROL, ALPN_SYNC};
 
 /// Application error codes a server closes a connection with.
 pub mod close_code {
@@ -39,7 +41,9 @@ pub mod close_code {
     /// The client and server share no protocol, or the server has no handler for it.
     pub const NO_PROTOCOL: VarInt = VarInt::from_u32(0x10);
     /// The peer's identity may not speak the negotiated protocol.
-    pub const FORBIDDEN: VarInt = VarInt::from_u32(0x11);
+    pub const FORBIDDEN: VarInt = VarInt::from_u32(portico_proto::sync::CLOSE_FORBIDDEN);
+    /// The peer sent an oversized or malformed frame, or broke the protocol.
+    pub const BAD_INPUT: VarInt = VarInt::from_u32(portico_proto::sync::CLOSE_BAD_INPUT);
 }
 
 /// Application error codes a stream is reset or stopped with.

@@ -304,7 +304,7 @@ impl QuicRaftClient {
         encode_frame(request).map_err(|source| {
             Failure::Stream {
                 target: self.target,
-                source,
+                source: source.into(),
             }
             .into_rpc_error()
         })

@@ -2,7 +2,7 @@
 //! the negotiated ALPN protocol to a [`ProtocolHandler`], after the peer certificate's
 //! identity has been read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -28,6 +28,9 @@ pub trait ProtocolHandler: Send + Sync + 'static {
 #[derive(Clone, Default)]
 pub struct AlpnRouter {
     handlers: HashMap<Vec<u8>, Arc<dyn ProtocolHandler>>,
+    /// Protocols a peer without a certificate may speak (the TLS layer lets such peers in
+    /// only when the server's verifier allows it: [`super::tls::server_crypto_with_enrolment`]).
+    anonymous: HashSet<Vec<u8>>,
 }
 
 impl fmt::Debug for AlpnRouter {
@@ -52,6 +55,13 @@ impl AlpnRouter {
     pub fn route(mut self, alpn: &[u8], handler: impl ProtocolHandler) -> Self {
         self.handlers.insert(alpn.to_vec(), Arc::new(handler));
         self
+    }
+
+    /// Routes `alpn` to `handler`, for peers without a certificate too (they reach the handler
+    /// as [`PeerIdentity::Anonymous`]).
+    pub fn route_anonymous(mut self, alpn: &[u8], handler: impl ProtocolHandler) -> Self {
+        self.anonymous.insert(alpn.to_vec());
+        self.route(alpn, handler)
     }
 
     /// The routed protocols, sorted.
@@ -132,6 +142,9 @@ async fn accept_connection(incoming: Incoming, router: &AlpnRouter) {
     span.record("alpn", String::from_utf8_lossy(&alpn).as_ref());
     let peer = match connection_identity(&conn) {
         Ok(peer) => peer,
+        Err(IdentityError::NoCertificate) if router.anonymous.contains(&alpn) => {
+            PeerIdentity::Anonymous
+        }
         Err(e) => {
             tracing::warn!(error = %e, "peer certificate has no usable identity");
             conn.close(close_code::FORBIDDEN, b"no portico identity in certificate");

@@ -112,6 +112,29 @@ pub fn server_crypto(
     Ok(Arc::new(config))
 }
 
+/// Like [`server_crypto`], but a client may also connect without a certificate: that is how a
+/// new edge reaches enrolment. A certificate, when presented, must still be the cluster CA's;
+/// the accept loop lets anonymous peers speak only the protocols routed for them
+/// ([`super::server::AlpnRouter::route_anonymous`]). The server sends the CA certificate after
+/// its own, so an enrolling edge can check it against the fingerprint in its join token.
+pub fn server_crypto_with_enrolment(
+    identity: &TlsIdentity,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(identity.roots()?, provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let mut chain = identity.chain.clone();
+    chain.push(identity.ca.clone());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, identity.key.clone_key())?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
 /// A client configuration that presents the node's certificate, trusts only the cluster CA,
 /// and offers the given ALPN protocols.
 pub fn client_crypto(

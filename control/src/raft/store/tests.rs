@@ -115,6 +115,8 @@ pub(super) fn api(id: &str) -> Api {
         name: String::new(),
         description: String::new(),
         kind: ApiKind::Http,
+        endpoint: Default::default(),
+        region: None,
         routes: vec![Route {
             key: "GET /hello".to_string(),
             integration: Integration {
