@@ -41,7 +41,18 @@ pub async fn serve(listener: TcpListener, ops: Ops) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let ops = ops.clone();
-                async move { Ok::<_, Infallible>(answer(&ops, &req)) }
+                async move {
+                    if let Some(revision) = wait_revision(&req) {
+                        // Long poll: answer once this revision serves, or after a bound.
+                        let mut serving = ops.config.subscribe();
+                        let _ = tokio::time::timeout(
+                            MAX_WAIT,
+                            serving.wait_for(|r| *r >= revision),
+                        )
+                        .await;
+                    }
+                    Ok::<_, Infallible>(answer(&ops, &req))
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -50,6 +61,19 @@ pub async fn serve(listener: TcpListener, ops: Ops) {
             let _ = conn.await;
         });
     }
+}
+
+/// The longest `/status?wait_revision=R` waits before answering with what serves.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `R` of `/status?wait_revision=R`.
+fn wait_revision(req: &Request<Incoming>) -> Option<u64> {
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("wait_revision="))?
+        .parse()
+        .ok()
 }
 
 /// `/status`: the config's load status and where the data plane listens.

@@ -65,6 +65,8 @@ pub struct ConfigStore {
     /// Hash of the last file content applied, so an unchanged file is not reloaded.
     applied_hash: Mutex<Option<u64>>,
     loaded: AtomicBool,
+    /// The serving revision, for those who wait for one (`/status?wait_revision=R`).
+    serving: tokio::sync::watch::Sender<u64>,
 }
 
 impl ConfigStore {
@@ -75,11 +77,17 @@ impl ConfigStore {
             status: Mutex::new(LoadStatus::default()),
             applied_hash: Mutex::new(None),
             loaded: AtomicBool::new(false),
+            serving: tokio::sync::watch::Sender::new(0),
         }
     }
 
     pub fn current(&self) -> Arc<EdgeConfig> {
         self.current.load_full()
+    }
+
+    /// The serving revision, updated on every swap.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.serving.subscribe()
     }
 
     /// True once any config has been applied.
@@ -152,6 +160,7 @@ impl ConfigStore {
             apis: prepared.apis,
             last_error: None,
         };
+        self.serving.send_replace(revision);
         revision
     }
 

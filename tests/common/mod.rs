@@ -178,7 +178,8 @@ impl Lines {
 
 /// How to start `portico edge`.
 pub struct EdgeBuilder {
-    config: String,
+    /// The config file's text; `None` for an edge that takes its config from control nodes.
+    config: Option<String>,
     file_name: String,
     watch_ms: u64,
     workers: usize,
@@ -245,22 +246,25 @@ impl EdgeBuilder {
         free_ports(if self.private { 3 } else { 2 })
     }
 
-    fn spawn_on(&self, ports: &[u16]) -> Edge {
+    /// Spawns the edge on these ports (public, ops, and private if asked for) without waiting
+    /// for readiness, e.g. to restart an edge where it was.
+    pub fn spawn_on(&self, ports: &[u16]) -> Edge {
         let dir = TempDir::new("portico-e2e");
         let config_path = dir.path().join(&self.file_name);
-        std::fs::write(&config_path, &self.config).expect("write config");
+        if let Some(config) = &self.config {
+            std::fs::write(&config_path, config).expect("write config");
+        }
         let addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
         let ops: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
         let private = ports
             .get(2)
             .map(|port| SocketAddr::from(([127, 0, 0, 1], *port)));
         let mut cmd = Command::new(BIN);
-        cmd.arg("--log-format")
-            .arg("json")
-            .arg("edge")
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--listen")
+        cmd.arg("--log-format").arg("json").arg("edge");
+        if self.config.is_some() {
+            cmd.arg("--config").arg(&config_path);
+        }
+        cmd.arg("--listen")
             .arg(addr.to_string())
             .arg("--ops-listen")
             .arg(ops.to_string())
@@ -342,7 +346,7 @@ pub struct Edge {
 impl Edge {
     pub fn builder(config: &str) -> EdgeBuilder {
         EdgeBuilder {
-            config: config.to_string(),
+            config: Some(config.to_string()),
             file_name: "portico.yaml".to_string(),
             watch_ms: 0,
             workers: 2,
@@ -353,6 +357,15 @@ impl Edge {
 
     pub fn start(config: &str) -> Edge {
         Edge::builder(config).start()
+    }
+
+    /// An edge without a config file, for one that syncs with control nodes: pass `--control`,
+    /// `--data` and the rest with [`EdgeBuilder::arg`].
+    pub fn controlled() -> EdgeBuilder {
+        EdgeBuilder {
+            config: None,
+            ..Edge::builder("")
+        }
     }
 
     /// `{api}.portico.localhost:{port}`, the Host that addresses an API.

@@ -59,11 +59,16 @@ pub fn document() -> Value {
             "/v1/tokens": {
                 "get": {"summary": "List tokens (admin)", "responses": {"200": ok("Tokens without secrets")}},
                 "post": {"summary": "Create a token; the secret is returned once",
-                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["name", "role"], "properties": {"name": {"type": "string"}, "role": {"type": "string", "enum": ["admin", "viewer"]}}}}}},
-                    "responses": {"200": ok("The token"), "400": error}}
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["name", "role"], "properties": {"name": {"type": "string"}, "role": {"type": "string", "enum": ["admin", "viewer", "join", "edge"]}}}}}},
+                    "responses": {"200": ok("The token; for role edge also `join_token` (the token and the cluster CA's SHA-256), which `portico edge --join-token` takes"), "400": error}}
             },
             "/v1/tokens/{id}": {"parameters": [id("id")], "delete": {"summary": "Revoke a token", "responses": {"200": ok("Revoked"), "404": error}}},
-            "/v1/cluster/status": {"get": {"summary": "Members, leader, term, commit and applied index, lag per member", "responses": {"200": ok("Cluster status")}}}
+            "/v1/cluster/status": {"get": {"summary": "Members, leader, term, commit and applied index, lag per member", "responses": {"200": ok("Cluster status")}}},
+            "/v1/cluster/edges": {"get": {"summary": "Every enrolled edge with its sync status (status connected|disconnected|unknown|revoked, revision, lag, last_seen_ms, software_version, node), merged from every member's sessions",
+                "parameters": [consistency, {"name": "scope", "in": "query", "required": false, "description": "`local`: only the sessions this node serves", "schema": {"type": "string", "enum": ["local"]}}],
+                "responses": {"200": ok("{revision, items, unreachable_nodes}")}}},
+            "/v1/cluster/edges/{id}": {"parameters": [id("id")], "delete": {"summary": "Revoke an edge: every control node refuses its connections from then on", "responses": {"200": ok("Revoked"), "404": error}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics of this node (no token needed)", "security": [], "responses": {"200": {"description": "Prometheus text"}}}}
         }
     })
 }

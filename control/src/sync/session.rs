@@ -341,3 +341,51 @@ fn check_session(hello: &Hello, id: &str, region: &str) -> Result<(), String> {
     }
     check_hello(hello)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::EdgeRecord;
+
+    fn hello(version: u32) -> Hello {
+        Hello {
+            edge_id: "eu-4".into(),
+            region: "eu".into(),
+            software_version: "0.1.0".into(),
+            protocol_version: version,
+            revision: 0,
+            private_listener: false,
+        }
+    }
+
+    #[test]
+    fn version_skew_and_identity_mismatch_are_refused_with_a_reason() {
+        assert!(check_session(&hello(PROTOCOL_VERSION), "eu-4", "eu").is_ok());
+        let newer = check_session(&hello(PROTOCOL_VERSION + 1), "eu-4", "eu").unwrap_err();
+        assert!(newer.contains("upgrade the control plane"), "{newer}");
+        let older = check_session(&hello(0), "eu-4", "eu").unwrap_err();
+        assert!(older.contains("upgrade the edge"), "{older}");
+        let other = check_session(&hello(PROTOCOL_VERSION), "eu-9", "eu").unwrap_err();
+        assert!(other.contains("certificate edge eu-9"), "{other}");
+    }
+
+    #[test]
+    fn only_enrolled_unrevoked_edges_of_their_region_are_admitted() {
+        let mut state = State::default();
+        assert!(admitted(&state, "eu-4", "eu").unwrap_err().contains("not enrolled"));
+        state.edges.insert(
+            "eu-4".into(),
+            EdgeRecord {
+                id: "eu-4".into(),
+                region: "eu".into(),
+                token_id: "t".into(),
+                enrolled_at_ms: 1,
+                revoked_at_ms: None,
+            },
+        );
+        assert!(admitted(&state, "eu-4", "eu").is_ok());
+        assert!(admitted(&state, "eu-4", "us").unwrap_err().contains("enrolled in region eu"));
+        state.edges.get_mut("eu-4").unwrap().revoked_at_ms = Some(2);
+        assert!(admitted(&state, "eu-4", "eu").unwrap_err().contains("revoked"));
+    }
+}
