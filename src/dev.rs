@@ -2,17 +2,25 @@
 //! directory) and an edge in one process, with a demo API whose routes answer from a mock
 //! integration and from a built-in echo backend; then it prints where to call it.
 //!
-//! The edge reads the control node's applied state in-process (the QUIC distribution to remote
-//! edges is the next step); either way it compiles and swaps in each new revision atomically.
+//! The edge takes its config the way every edge does: enrolled with a join token, over QUIC
+//! with mutual TLS from the control node (in the same process), with a last-known-good copy in
+//! the data directory.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use std::path::Path;
+use std::time::Duration;
+
 use portico_control::admin::Backend;
+use portico_control::run;
 use portico_control::state::{Applied, Command};
-use portico_control::{node::ControlNode, run};
-use portico_node::{ConfigStore, Metrics};
+use portico_control::sync::enrol::mint_join_token;
+use portico_node::sync::tls::sync_client_config;
+use portico_node::sync::{EdgeIdentity, SyncClient, SyncStatus};
+use portico_node::{ConfigStore, EdgeSettings, Metrics};
+use portico_proto::sync::{EdgeFilter, JoinToken};
 use portico_proto::{Format, parse_document};
 
 use crate::admin_client::DEV_TOKEN_FILE;
@@ -63,9 +71,10 @@ pub fn run(args: DevArgs) -> Result<()> {
             Err(e) => anyhow::bail!("demo API not applied: {e}"),
         }
 
-        tokio::spawn(feed_edge(control.node.clone(), edge_config.clone()));
+        let edge = start_edge(&args.data, &control, &settings, edge_config.clone()).await?;
         wait_until_loaded(&edge_config).await?;
-        let running = Running::start(settings.clone(), edge_config, metrics, None).await?;
+        let running =
+            Running::start(settings.clone(), edge_config, metrics, Some(edge.status)).await?;
         let port = running.local_addr().port();
         let base = format!("http://demo.{}:{port}/dev", settings.domain_suffix);
         println!(
@@ -87,29 +96,70 @@ pub fn run(args: DevArgs) -> Result<()> {
     })
 }
 
-/// Compiles every applied revision of the control node's state into the edge's config.
-async fn feed_edge(node: Arc<ControlNode>, edge: Arc<ConfigStore>) {
-    let mut applied = node.state.watch();
-    loop {
-        let revision = *applied.borrow_and_update();
-        let document = node.state.load().to_document();
-        if let Err(e) = edge.apply_at(&document, revision, "control plane") {
-            tracing::error!(revision, error = %e, "the edge rejected a revision; it keeps serving the previous one");
+struct DevEdge {
+    status: Arc<SyncStatus>,
+}
+
+/// Enrols the dev edge on first run (its identity stays in DATA/edge) and starts its sync with
+/// the control node.
+async fn start_edge(
+    data: &Path,
+    control: &run::Running,
+    settings: &EdgeSettings,
+    store: Arc<ConfigStore>,
+) -> Result<DevEdge> {
+    let dir = data.join("edge");
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)
+        .context("cannot open a UDP socket for QUIC")?;
+    let controls = vec![control.raft_addr];
+    let identity = match EdgeIdentity::load(&dir.join("identity"))? {
+        Some(identity) => identity,
+        None => {
+            let join = mint_join_token(&control.node, "portico dev edge")
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot mint the dev edge's join token: {e}"))?;
+            let join = JoinToken::parse(&join)?;
+            EdgeIdentity::enrol(&endpoint, &controls, &join, "dev", &dir.join("identity"))
+                .await
+                .context("the dev edge could not enrol")?
         }
-        if applied.changed().await.is_err() {
-            return;
-        }
+    };
+    let client_config = sync_client_config(
+        &identity.ca,
+        identity.chain.clone(),
+        identity.key.clone_key(),
+        Duration::from_secs(10),
+    )?;
+    let status = Arc::new(SyncStatus::default());
+    let filter = EdgeFilter {
+        region: identity.region.clone(),
+        private_listener: settings.private_listen.is_some(),
+    };
+    let mut client = SyncClient::new(
+        endpoint,
+        client_config,
+        controls,
+        identity.edge_id,
+        filter,
+        store,
+        Some(dir.join("last-known-good.bin")),
+        status.clone(),
+    );
+    if let Err(e) = client.boot_from_lkg() {
+        tracing::warn!(error = %e, "ignoring the dev edge's last-known-good config");
     }
+    tokio::spawn(client.run());
+    Ok(DevEdge { status })
 }
 
 async fn wait_until_loaded(edge: &ConfigStore) -> Result<()> {
-    for _ in 0..200 {
+    for _ in 0..500 {
         if edge.is_loaded() {
             return Ok(());
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    anyhow::bail!("the edge received no config from the control node within 2 s")
+    anyhow::bail!("the edge received no config from the control node within 5 s")
 }
 
 fn write_token(path: &std::path::Path, token: &str) -> Result<()> {

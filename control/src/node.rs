@@ -92,6 +92,10 @@ impl ControlNode {
 
     /// Makes this node the only voter of a new cluster. Idempotent on an initialized node.
     pub async fn initialize_single(&self) -> Result<(), NodeError> {
+        // Asked first: openraft logs an error for initializing an initialized node.
+        if self.raft.is_initialized().await.unwrap_or(false) {
+            return Ok(());
+        }
         let members = BTreeMap::from([(self.config.id, self.config.member())]);
         match self.raft.initialize(members).await {
             Ok(()) => Ok(()),

@@ -257,16 +257,10 @@ pub async fn handle<B: Backend>(backend: &B, req: &Request<Bytes>) -> Outcome {
             // An edge enrols before it trusts anything: its join token carries the CA's
             // fingerprint, which it checks the control node's certificate chain against.
             if body.role == Role::Edge {
-                let Some(pin) = state
-                    .cluster_ca
-                    .as_ref()
-                    .and_then(|ca| crate::transport::ca::pem_der(&ca.cert_pem))
-                else {
+                let Some(join) = crate::sync::enrol::join_token(&state, &minted.token) else {
                     return done(unavailable("the cluster has no CA yet"));
                 };
-                let pin = crate::transport::ca_fingerprint(&pin);
-                answer["join_token"] =
-                    json!(portico_proto::sync::JoinToken::format(&minted.token, &pin));
+                answer["join_token"] = json!(join);
                 answer["note"] = json!(
                     "the join token is shown once; start an edge with: portico edge --control HOST:7443 --region REGION --join-token JOIN_TOKEN"
                 );

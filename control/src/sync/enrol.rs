@@ -7,19 +7,47 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portico_proto::sync::{
-    EnrolRequest, EnrolResponse, MAX_EDGE_FRAME, PROTOCOL_VERSION, bounded_text,
+    EnrolRequest, EnrolResponse, JoinToken, MAX_EDGE_FRAME, PROTOCOL_VERSION, bounded_text,
 };
 use quinn::Connection;
 
 use crate::admin::auth::authenticate_token;
 use crate::admin::{Backend, ProposeError};
 use crate::node::ControlNode;
-use crate::state::{Applied, Command, Role};
+use crate::state::{Applied, Command, Role, State};
 use crate::transport::frame::{read_frame, write_frame};
 use crate::transport::server::{ConnectionTask, ProtocolHandler};
 use crate::transport::{ClusterCa, PeerIdentity, close_code};
 
 const ENROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The join token an operator hands to `portico edge --join-token`: an edge-role token with
+/// the cluster CA's fingerprint, so the edge can check the control node before it trusts it.
+/// `None` while the cluster has no CA.
+pub fn join_token(state: &State, token: &str) -> Option<String> {
+    let ca = state.cluster_ca.as_ref()?;
+    let der = crate::transport::ca::pem_der(&ca.cert_pem)?;
+    Some(JoinToken::format(
+        token,
+        &crate::transport::ca_fingerprint(&der),
+    ))
+}
+
+/// Mints an edge-role token on the cluster (leader only) and returns its join token.
+pub async fn mint_join_token(node: &ControlNode, name: &str) -> Result<String, ProposeError> {
+    let minted = crate::admin::auth::mint(name, Role::Edge)
+        .map_err(|e| ProposeError::Internal(e.to_string()))?;
+    match node
+        .propose(Command::CreateToken {
+            token: minted.record,
+        })
+        .await?
+    {
+        Applied::Done { .. } => join_token(&node.state.load(), &minted.token)
+            .ok_or_else(|| ProposeError::Internal("the cluster has no CA yet".into())),
+        Applied::Rejected { rejection, .. } => Err(ProposeError::Rejected(rejection)),
+    }
+}
 
 pub struct EnrolService {
     pub node: Arc<ControlNode>,
