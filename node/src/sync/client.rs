@@ -355,7 +355,7 @@ impl SyncClient {
                 self.status.lkg_failed();
             }
         }
-        self.store.install(prepared);
+        self.store.install_same_or_newer(prepared);
         self.view = next;
         self.resync = false;
         self.status.update_applied(update.revision);
