@@ -81,12 +81,16 @@ impl AlpnRouter {
 pub struct ServeLimits {
     /// Connections served at once; more are refused.
     pub max_connections: usize,
+    /// Of those, connections without a certificate (enrolling edges) served at once, so that
+    /// strangers cannot take the slots members and edges need.
+    pub max_anonymous: usize,
 }
 
 impl Default for ServeLimits {
     fn default() -> Self {
         ServeLimits {
             max_connections: 1024,
+            max_anonymous: 32,
         }
     }
 }
@@ -96,6 +100,7 @@ impl Default for ServeLimits {
 pub async fn serve(endpoint: Endpoint, router: AlpnRouter, limits: ServeLimits) {
     let router = Arc::new(router);
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let anonymous = Arc::new(tokio::sync::Semaphore::new(limits.max_anonymous));
     while let Some(incoming) = endpoint.accept().await {
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::warn!(
@@ -112,10 +117,10 @@ pub async fn serve(endpoint: Endpoint, router: AlpnRouter, limits: ServeLimits) 
             alpn = tracing::field::Empty,
             peer = tracing::field::Empty,
         );
-        let router = router.clone();
+        let (router, anonymous) = (router.clone(), anonymous.clone());
         tokio::spawn(
             async move {
-                accept_connection(incoming, &router).await;
+                accept_connection(incoming, &router, &anonymous).await;
                 drop(permit);
             }
             .instrument(span),
@@ -124,7 +129,11 @@ pub async fn serve(endpoint: Endpoint, router: AlpnRouter, limits: ServeLimits) 
     tracing::debug!("endpoint closed, accept loop done");
 }
 
-async fn accept_connection(incoming: Incoming, router: &AlpnRouter) {
+async fn accept_connection(
+    incoming: Incoming,
+    router: &AlpnRouter,
+    anonymous: &Arc<tokio::sync::Semaphore>,
+) {
     // The handshake is bounded by the transport's idle timeout.
     let conn = match incoming.await {
         Ok(conn) => conn,
@@ -158,6 +167,21 @@ async fn accept_connection(incoming: Incoming, router: &AlpnRouter) {
         return;
     };
     tracing::debug!("connection established");
+    let _anonymous_permit = if peer == PeerIdentity::Anonymous {
+        match anonymous.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                tracing::warn!("refusing a connection without a certificate: too many at once");
+                conn.close(
+                    close_code::FORBIDDEN,
+                    b"too many connections without a certificate",
+                );
+                return;
+            }
+        }
+    } else {
+        None
+    };
     handler.serve_connection(conn, peer).await;
 }
 
