@@ -274,6 +274,33 @@ impl Cluster {
         self.nodes.iter().map(|n| n.admin).collect()
     }
 
+    /// Every node's QUIC address (Raft, edge sync and enrolment), as `portico edge --control`
+    /// takes them.
+    pub fn control_addrs(&self) -> String {
+        let addrs: Vec<String> = self.nodes.iter().map(|n| n.raft.to_string()).collect();
+        addrs.join(",")
+    }
+
+    /// Mints an edge join token (`portico token create NAME --role edge` through a running
+    /// node): the first line it prints.
+    pub fn edge_join_token(&self, name: &str) -> String {
+        let server = self.admin(*self.running().first().expect("a running node"));
+        let out = self.cli(&[
+            "token",
+            "create",
+            name,
+            "--role",
+            "edge",
+            "--server",
+            &server.to_string(),
+        ]);
+        assert!(out.status.success(), "token create: {}", output_text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let first = stdout.lines().next().unwrap_or("").trim().to_string();
+        assert!(first.starts_with("ptk_"), "token create printed {stdout:?}");
+        first
+    }
+
     pub fn running(&self) -> Vec<usize> {
         (0..self.nodes.len())
             .filter(|i| self.nodes[*i].is_running())

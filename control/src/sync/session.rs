@@ -84,6 +84,14 @@ impl ProtocolHandler for SyncService {
                 conn.close(close_code::FORBIDDEN, b"sync is for edge certificates");
                 return;
             };
+            // An edge enrolled moments ago may not have reached this follower yet: its id ends
+            // in the enrolment's log index, so wait (briefly) until this node has applied it.
+            if let Some(index) = enrolment_index(&id)
+                && index > service.state.applied()
+            {
+                let caught_up = service.state.wait_applied(index);
+                let _ = tokio::time::timeout(service.timing.hello_timeout, caught_up).await;
+            }
             if let Err(reason) = admitted(&service.state.load(), &id, &region) {
                 tracing::warn!(edge = %id, %reason, "refusing an edge connection");
                 conn.close(close_code::FORBIDDEN, reason.as_bytes());
@@ -122,6 +130,11 @@ impl ProtocolHandler for SyncService {
             }
         })
     }
+}
+
+/// The log index an edge id (`{region}-{index}`) was enrolled at.
+fn enrolment_index(id: &str) -> Option<u64> {
+    id.rsplit_once('-')?.1.parse().ok()
 }
 
 /// Whether the edge with this certificate may sync: enrolled, not revoked, region unchanged.

@@ -137,6 +137,7 @@ impl SyncClient {
                 reason: format!("it belongs to edge {}, not {}", saved.edge_id, self.edge_id),
             };
             self.store.report_error(e.to_string());
+            self.status.lkg_failed();
             return Err(e);
         }
         let prepared = self
@@ -219,11 +220,8 @@ impl SyncClient {
                     self.timing.connect_timeout
                 ))
             })?
-            .map_err(|e| SessionError::Connect(e.to_string()))?;
-        let (mut send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| SessionError::Connect(e.to_string()))?;
+            .map_err(connection_error)?;
+        let (mut send, recv) = conn.open_bi().await.map_err(connection_error)?;
         let result =
             self.exchange(control, &mut send, recv)
                 .await
@@ -368,14 +366,28 @@ impl SyncClient {
     }
 }
 
+/// A connection that failed or closed before the session began: a refusal when the control
+/// node closed it to refuse this edge.
+fn connection_error(e: quinn::ConnectionError) -> SessionError {
+    match forbidden(&e) {
+        Some(reason) => SessionError::Refused(reason),
+        None => SessionError::Connect(e.to_string()),
+    }
+}
+
 /// The control node's reason when it closed the connection to refuse this edge (revoked,
 /// unknown), rather than losing it.
 fn refusal_of(e: &SessionError) -> Option<String> {
-    let lost = match e {
+    match e {
         SessionError::Wire(WireError::Read(quinn::ReadError::ConnectionLost(c)))
-        | SessionError::Wire(WireError::Write(quinn::WriteError::ConnectionLost(c))) => c,
-        _ => return None,
-    };
+        | SessionError::Wire(WireError::Write(quinn::WriteError::ConnectionLost(c))) => {
+            forbidden(c)
+        }
+        _ => None,
+    }
+}
+
+fn forbidden(lost: &quinn::ConnectionError) -> Option<String> {
     match lost {
         quinn::ConnectionError::ApplicationClosed(close)
             if close.error_code == quinn::VarInt::from_u32(CLOSE_FORBIDDEN) =>
