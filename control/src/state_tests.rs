@@ -404,12 +404,27 @@ fn edges_enrol_with_edge_tokens_only_and_stay_recorded_when_revoked() {
         region: region.into(),
         token_id: token_id.into(),
     };
-    assert_eq!(s.apply(3, &propose(enrol("edge", "eu"))), Applied::Done { revision: 3 });
+    assert_eq!(
+        s.apply(3, &propose(enrol("edge", "eu"))),
+        Applied::Done { revision: 3 }
+    );
     assert_eq!(s.edges["eu-3"].region, "eu");
-    assert!(matches!(s.apply(4, &propose(enrol("view", "eu"))), Applied::Rejected { .. }));
-    assert!(matches!(s.apply(5, &propose(enrol("edge", "Bad Region"))), Applied::Rejected { .. }));
+    assert!(matches!(
+        s.apply(4, &propose(enrol("view", "eu"))),
+        Applied::Rejected { .. }
+    ));
+    assert!(matches!(
+        s.apply(5, &propose(enrol("edge", "Bad Region"))),
+        Applied::Rejected { .. }
+    ));
     let remove = |id: &str| Command::RemoveEdge { id: id.into() };
-    assert_eq!(s.apply(6, &propose(remove("eu-3"))), Applied::Done { revision: 6 });
+    assert_eq!(
+        s.apply(6, &propose(remove("eu-3"))),
+        Applied::Done { revision: 6 }
+    );
     assert_eq!(s.edges["eu-3"].revoked_at_ms, Some(1_000));
-    assert!(matches!(s.apply(7, &propose(remove("eu-99"))), Applied::Rejected { .. }));
+    assert!(matches!(
+        s.apply(7, &propose(remove("eu-99"))),
+        Applied::Rejected { .. }
+    ));
 }

@@ -45,11 +45,9 @@ pub async fn serve(listener: TcpListener, ops: Ops) {
                     if let Some(revision) = wait_revision(&req) {
                         // Long poll: answer once this revision serves, or after a bound.
                         let mut serving = ops.config.subscribe();
-                        let _ = tokio::time::timeout(
-                            MAX_WAIT,
-                            serving.wait_for(|r| *r >= revision),
-                        )
-                        .await;
+                        let _ =
+                            tokio::time::timeout(MAX_WAIT, serving.wait_for(|r| *r >= revision))
+                                .await;
                     }
                     Ok::<_, Infallible>(answer(&ops, &req))
                 }
