@@ -1,5 +1,6 @@
 //! Starting a control node from its data directory: the files `init` writes, and the tasks
-//! `start` runs (store, QUIC endpoint with Raft, admin API).
+//! `start` runs (store, QUIC endpoint with Raft, admin API). `start_with_endpoint` runs the same
+//! node on an endpoint (and optionally an admin listener) the caller made: simulations do.
 //!
 //! ```text
 //! DIR/node.json      id, cluster name, addresses
@@ -182,7 +183,8 @@ pub fn load_config(dir: &Path) -> Result<NodeConfig, RunError> {
     })
 }
 
-/// A started control node and the addresses it actually listens on.
+/// A started control node and the addresses it actually listens on (the admin address is only
+/// configured when it was started without an admin listener).
 pub struct Running {
     pub node: Arc<ControlNode>,
     pub admin_addr: SocketAddr,
@@ -197,29 +199,67 @@ impl Running {
     }
 }
 
-pub async fn start(mut config: NodeConfig) -> Result<Running, RunError> {
-    let dir: PathBuf = config.data_dir.clone();
+/// The TLS of a control node's QUIC endpoint, from the certificates in its data directory: the
+/// server side offers Raft, sync and enrolment (edges without a certificate yet may connect for
+/// enrolment only); the client side dials other members for Raft.
+pub struct EndpointTls {
+    pub server: Arc<rustls::ServerConfig>,
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+pub fn endpoint_tls(dir: &Path) -> Result<EndpointTls, RunError> {
     let identity = TlsIdentity::from_pem(
         &read(&dir.join("ca.pem"))?,
         &read(&dir.join("node.pem"))?,
         &read(&dir.join("node.key"))?,
     )
     .map_err(|e| RunError::Other(format!("node certificate: {e}")))?;
-    let limits = TransportLimits::default();
-    let server_tls =
+    let server =
         transport::server_crypto_with_enrolment(&identity, &[ALPN_RAFT, ALPN_SYNC, ALPN_ENROL])
             .map_err(|e| RunError::Other(e.to_string()))?;
-    let client_tls = transport::client_crypto(&identity, &[ALPN_RAFT])
+    let client = transport::client_crypto(&identity, &[ALPN_RAFT])
         .map_err(|e| RunError::Other(e.to_string()))?;
+    Ok(EndpointTls { server, client })
+}
+
+/// Binds the QUIC endpoint (UDP, `config.raft_addr`) and the admin API (TCP,
+/// `config.admin_addr`), then starts the node on them ([`start_with_endpoint`]).
+pub async fn start(mut config: NodeConfig) -> Result<Running, RunError> {
+    let tls = endpoint_tls(&config.data_dir)?;
+    let limits = TransportLimits::default();
     let endpoint =
-        transport::bind_endpoint(config.raft_addr, server_tls, client_tls.clone(), &limits)
+        transport::bind_endpoint(config.raft_addr, tls.server, tls.client.clone(), &limits)
             .map_err(|e| RunError::Other(e.to_string()))?;
-    let raft_addr = endpoint
+    // With port 0 in the file, the membership records the port actually bound.
+    config.raft_addr = endpoint
         .local_addr()
         .map_err(|e| RunError::Other(e.to_string()))?;
-    // With port 0 in the file, the membership records the port actually bound.
-    config.raft_addr = raft_addr;
-    let client_config = transport::tls::client_config(client_tls, &limits)
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: config.admin_addr,
+            source,
+        })?;
+    start_with_endpoint(config, endpoint, tls.client, Some(admin_listener)).await
+}
+
+/// Starts a node on a QUIC endpoint made by the caller: the store in `config.data_dir`, Raft,
+/// edge sync and enrolment on `endpoint`, and the admin API on `admin_listener` when there is
+/// one. This is how simulations run a node over a simulated network.
+///
+/// `endpoint` must accept with [`EndpointTls::server`] and be reachable at `config.raft_addr`
+/// (the address the membership records); Raft dials peers with `client_tls`
+/// ([`EndpointTls::client`]). Without an admin listener, [`Running::admin_addr`] is
+/// `config.admin_addr` and nothing listens there.
+pub async fn start_with_endpoint(
+    mut config: NodeConfig,
+    endpoint: quinn::Endpoint,
+    client_tls: Arc<rustls::ClientConfig>,
+    admin_listener: Option<tokio::net::TcpListener>,
+) -> Result<Running, RunError> {
+    let dir: PathBuf = config.data_dir.clone();
+    let raft_addr = config.raft_addr;
+    let client_config = transport::tls::client_config(client_tls, &TransportLimits::default())
         .map_err(|e| RunError::Other(e.to_string()))?;
 
     let (log, state_machine) = store::open(&dir.join("raft"))
@@ -240,16 +280,12 @@ pub async fn start(mut config: NodeConfig) -> Result<Running, RunError> {
     .await
     .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-    let admin_listener = tokio::net::TcpListener::bind(config.admin_addr)
-        .await
-        .map_err(|source| RunError::Listen {
-            addr: config.admin_addr,
-            source,
-        })?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|e| RunError::Other(e.to_string()))?;
-    config.admin_addr = admin_addr;
+    if let Some(listener) = &admin_listener {
+        config.admin_addr = listener
+            .local_addr()
+            .map_err(|e| RunError::Other(e.to_string()))?;
+    }
+    let admin_addr = config.admin_addr;
     let ca_pem = read(&dir.join("ca.pem"))?;
     let admin_client_tls = admin::client::client_tls(&ca_pem).map_err(RunError::Other)?;
     let mut node = ControlNode::new(config, raft.clone(), reader.clone());
@@ -274,15 +310,17 @@ pub async fn start(mut config: NodeConfig) -> Result<Running, RunError> {
         ServeLimits::default(),
     ));
 
-    let tls = admin::AdminTls {
-        server: if node.config.admin_tls {
-            Some(admin_server_tls(&dir)?)
-        } else {
-            None
-        },
-        client: Some(admin_client_tls),
-    };
-    tokio::spawn(admin::serve(admin_listener, node.clone(), tls));
+    if let Some(listener) = admin_listener {
+        let tls = admin::AdminTls {
+            server: if node.config.admin_tls {
+                Some(admin_server_tls(&dir)?)
+            } else {
+                None
+            },
+            client: Some(admin_client_tls),
+        };
+        tokio::spawn(admin::serve(listener, node.clone(), tls));
+    }
     tracing::info!(node = node.config.id, raft = %raft_addr, admin = %admin_addr, "control node started");
     Ok(Running {
         node,

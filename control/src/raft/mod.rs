@@ -5,7 +5,10 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+mod runtime;
 pub mod store;
+
+pub use runtime::{ElectionRng, SeededTokio, seed_election_rng};
 
 openraft::declare_raft_types!(
     /// Portico's Raft types: log entries carry leader-stamped [`crate::state::Proposal`]s and
@@ -15,6 +18,8 @@ openraft::declare_raft_types!(
         R = crate::state::Applied,
         NodeId = u64,
         Node = Member,
+        // tokio, with election timeouts from a generator simulations can seed.
+        AsyncRuntime = SeededTokio,
 );
 
 /// What the cluster knows about a member, replicated in the membership config.

@@ -35,6 +35,7 @@ mod state_machine;
 #[cfg(test)]
 pub(crate) mod tests;
 
+use std::cell::Cell;
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -115,6 +116,9 @@ pub enum StoreError {
 /// here rather than later.
 pub async fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
     let dir = dir.to_path_buf();
+    if INLINE.with(Cell::get) {
+        return open_blocking(&dir);
+    }
     tokio::task::spawn_blocking(move || open_blocking(&dir))
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
@@ -317,10 +321,26 @@ impl<T, E: std::error::Error + 'static> Ctx<T> for Result<T, E> {
     }
 }
 
-/// Runs synchronous redb work (which may fsync) off the async runtime.
+thread_local! {
+    static INLINE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes the storage work of nodes driven from the calling thread run on that thread instead of
+/// tokio's blocking pool. For deterministic simulations only, which run every node on one thread:
+/// a blocking-pool task finishes at a wall-clock moment, which reorders the tasks of one
+/// simulated instant from run to run. A server must not: every fsync would stall its runtime.
+pub fn run_inline_on_this_thread(inline: bool) {
+    INLINE.with(|i| i.set(inline));
+}
+
+/// Runs synchronous redb work (which may fsync) off the async runtime (unless
+/// [`run_inline_on_this_thread`]).
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, AnyError> + Send + 'static,
 ) -> Result<T, AnyError> {
+    if INLINE.with(Cell::get) {
+        return f();
+    }
     tokio::task::spawn_blocking(f)
         .await
         .ctx("the storage task failed")?
