@@ -41,8 +41,9 @@ impl Default for SyncTiming {
     fn default() -> Self {
         SyncTiming {
             heartbeat: Duration::from_secs(1),
-            silence: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
+            // Three missed heartbeats: a crashed control node is left within about 3 s.
+            silence: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(3),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
         }
