@@ -7,10 +7,11 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use portico_node::sync::tls::sync_client_config;
-use portico_node::sync::{EdgeIdentity, SyncClient, SyncStatus};
+use portico_node::sync::{EdgeIdentity, IdentityError, SyncClient, SyncStatus};
 use portico_node::{ConfigStore, Metrics};
 use portico_proto::sync::{EdgeFilter, JoinToken};
 
@@ -62,7 +63,7 @@ pub fn run(args: EdgeArgs) -> Result<()> {
             &identity.ca,
             identity.chain.clone(),
             identity.key.clone_key(),
-            std::time::Duration::from_secs(10),
+            Duration::from_secs(10),
         )?;
         let status = Arc::new(SyncStatus::default());
         let mut client = SyncClient::new(
@@ -132,9 +133,21 @@ async fn enrol(
             "--region {region:?} must be 1 to 63 of a-z, 0-9 and '-', not starting or ending with '-'"
         );
     }
-    let identity = EdgeIdentity::enrol(endpoint, controls, &join, region, dir)
-        .await
-        .context("enrolment failed")?;
+    // A cluster that is down or busy (the leader admits a bounded number of enrolling edges
+    // at once) is waited for; a refusal (bad token, version skew) is final.
+    let mut backoff = Duration::from_millis(250);
+    let identity = loop {
+        match EdgeIdentity::enrol(endpoint, controls, &join, region, dir).await {
+            Ok(identity) => break identity,
+            Err(e @ IdentityError::Unreachable(_)) => {
+                let wait = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "enrolment did not get through; retrying");
+                tokio::time::sleep(wait).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context("enrolment failed"),
+        }
+    };
     println!(
         "Enrolled as edge {} in region {} of cluster {}.",
         identity.edge_id, identity.region, identity.cluster_name

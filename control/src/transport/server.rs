@@ -90,7 +90,7 @@ impl Default for ServeLimits {
     fn default() -> Self {
         ServeLimits {
             max_connections: 1024,
-            max_anonymous: 32,
+            max_anonymous: 64,
         }
     }
 }

@@ -183,14 +183,25 @@ async fn ask(
         .map_err(|e| e.to_string())?
         .await
         .map_err(|e| e.to_string())?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    // The control node's reason when it closed the connection (e.g. too many enrolling at
+    // once) says more than the stream error it caused.
+    let why = |e: String| match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(close)) => {
+            format!(
+                "closed by the control node: {}",
+                String::from_utf8_lossy(&close.reason)
+            )
+        }
+        _ => e,
+    };
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| why(e.to_string()))?;
     write_frame(&mut send, request)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| why(e.to_string()))?;
     let _ = send.finish();
     let answer = read_frame::<EnrolResponse>(&mut recv, MAX_EDGE_FRAME)
         .await
-        .map_err(|e| e.to_string());
+        .map_err(|e| why(e.to_string()));
     conn.close(0u32.into(), b"enrolled");
     answer
 }
