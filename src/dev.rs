@@ -11,16 +11,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use std::path::Path;
-use std::time::Duration;
 
 use portico_control::admin::Backend;
 use portico_control::run;
 use portico_control::state::{Applied, Command};
 use portico_control::sync::enrol::mint_join_token;
-use portico_node::sync::tls::sync_client_config;
 use portico_node::sync::{EdgeIdentity, SyncClient, SyncStatus};
 use portico_node::{ConfigStore, EdgeSettings, Metrics};
-use portico_proto::sync::{EdgeFilter, JoinToken};
+use portico_proto::sync::JoinToken;
 use portico_proto::{Format, parse_document};
 
 use crate::admin_client::DEV_TOKEN_FILE;
@@ -124,27 +122,14 @@ async fn start_edge(
                 .context("the dev edge could not enrol")?
         }
     };
-    let client_config = sync_client_config(
-        &identity.ca,
-        identity.chain.clone(),
-        identity.key.clone_key(),
-        Duration::from_secs(10),
-    )?;
-    let status = Arc::new(SyncStatus::default());
-    let filter = EdgeFilter {
-        region: identity.region.clone(),
-        private_listener: settings.private_listen.is_some(),
-    };
-    let mut client = SyncClient::new(
+    let (mut client, status) = SyncClient::for_identity(
         endpoint,
-        client_config,
+        &identity,
         controls,
-        identity.edge_id,
-        filter,
+        settings.private_listen.is_some(),
         store,
         Some(dir.join("last-known-good.bin")),
-        status.clone(),
-    );
+    )?;
     if let Err(e) = client.boot_from_lkg() {
         tracing::warn!(error = %e, "ignoring the dev edge's last-known-good config");
     }

@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use portico_node::sync::tls::sync_client_config;
-use portico_node::sync::{EdgeIdentity, IdentityError, SyncClient, SyncStatus};
+use portico_node::sync::{EdgeIdentity, IdentityError, SyncClient};
 use portico_node::{ConfigStore, Metrics};
-use portico_proto::sync::{EdgeFilter, JoinToken};
+use portico_proto::sync::JoinToken;
 
 use crate::cli::EdgeArgs;
 use crate::edge::{Running, control_runtime, wait_for_shutdown};
@@ -55,27 +54,14 @@ pub fn run(args: EdgeArgs) -> Result<()> {
             }
             None => enrol(&args, &endpoint, &controls, &identity_dir).await?,
         };
-        let filter = EdgeFilter {
-            region: identity.region.clone(),
-            private_listener: settings.private_listen.is_some(),
-        };
-        let client_config = sync_client_config(
-            &identity.ca,
-            identity.chain.clone(),
-            identity.key.clone_key(),
-            Duration::from_secs(10),
-        )?;
-        let status = Arc::new(SyncStatus::default());
-        let mut client = SyncClient::new(
+        let (mut client, status) = SyncClient::for_identity(
             endpoint.clone(),
-            client_config,
+            &identity,
             controls,
-            identity.edge_id.clone(),
-            filter,
+            settings.private_listen.is_some(),
             store.clone(),
             Some(args.data.join(LKG_FILE)),
-            status.clone(),
-        );
+        )?;
         match client.boot_from_lkg() {
             Ok(Some(revision)) => tracing::info!(revision, "serving the last-known-good config until a control node answers"),
             Ok(None) => tracing::info!("no last-known-good config yet: waiting for a control node"),

@@ -917,17 +917,7 @@ fn cli_apply_get_deploy_delete() {
 "#;
     std::fs::write(&file, doc).unwrap();
     let file_arg = file.display().to_string();
-    let run = |args: &[&str]| -> String {
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--server", server.as_str()]);
-        let out = c.cli(&all);
-        assert!(
-            out.status.success(),
-            "portico {args:?}: {}",
-            output_text(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = |args: &[&str]| -> String { c.cli_ok(&server, args) };
     let ids = || -> Vec<String> {
         let v: Value = serde_json::from_str(&run(&["get", "apis", "-o", "json"])).unwrap();
         v["items"]

@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use cluster_support::{CONVERGE_TIMEOUT, Cluster, http, output_text, text};
+use cluster_support::{CONVERGE_TIMEOUT, Cluster, http, text};
 use common::{
     Edge, EdgeBuilder, RawResponse, TempDir, ops_get, parse_raw_response, read_one_response,
 };
@@ -207,16 +207,7 @@ fn revision_of(r: &RawResponse) -> u64 {
 
 /// `portico ARGS --server ADDR` with the admin token; asserts it succeeds and returns stdout.
 fn cli_ok(c: &Cluster, server: SocketAddr, args: &[&str]) -> String {
-    let mut all = args.to_vec();
-    let server = server.to_string();
-    all.extend(["--server", server.as_str()]);
-    let out = c.cli(&all);
-    assert!(
-        out.status.success(),
-        "portico {args:?}: {}",
-        output_text(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    c.cli_ok(&server.to_string(), args)
 }
 
 /// `portico cluster edges -o json`, by edge id.

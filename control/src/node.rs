@@ -122,23 +122,18 @@ impl ControlNode {
 
     /// The leader's QUIC address, when one is known (where edges enrol).
     pub fn leader_raft_addr(&self) -> Option<String> {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        let leader = m.current_leader?;
-        m.membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|n| n.raft_addr.clone())
+        self.leader_member().map(|m| m.raft_addr)
     }
 
     fn leader_admin(&self) -> Option<String> {
+        self.leader_member().map(|m| m.admin_addr)
+    }
+
+    fn leader_member(&self) -> Option<Member> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let leader = m.current_leader?;
-        m.membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|n| n.admin_addr.clone())
+        m.membership_config.membership().get_node(&leader).cloned()
     }
 
     fn is_leader(&self) -> bool {

@@ -505,6 +505,20 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("portico {args:?}: {e:#}"))
     }
 
+    /// `portico ARGS --server SERVER` with the admin token; asserts it succeeds and returns
+    /// its stdout.
+    pub fn cli_ok(&self, server: &str, args: &[&str]) -> String {
+        let mut all = args.to_vec();
+        all.extend(["--server", server]);
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "portico {args:?}: {}",
+            output_text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

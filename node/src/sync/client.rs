@@ -19,10 +19,15 @@ use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::identity::EdgeIdentity;
 use super::lkg::{self, LastKnownGood, LkgError};
 use super::status::SyncStatus;
+use super::tls::{TlsError, sync_client_config};
 use super::wire::{WireError, read_frame, write_frame};
 use crate::store::ConfigStore;
+
+/// QUIC's idle timeout on connections to control nodes (keep-alives every quarter of it).
+const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct SyncTiming {
@@ -115,6 +120,41 @@ impl SyncClient {
             view: EdgeView::default(),
             resync: false,
         }
+    }
+
+    /// A client for an enrolled edge: mutual TLS with its certificate, filtered for its region
+    /// and listeners, reporting into a fresh [`SyncStatus`] (returned too, for the ops
+    /// listener).
+    pub fn for_identity(
+        endpoint: quinn::Endpoint,
+        identity: &EdgeIdentity,
+        controls: Vec<SocketAddr>,
+        private_listener: bool,
+        store: Arc<ConfigStore>,
+        lkg_path: Option<PathBuf>,
+    ) -> Result<(SyncClient, Arc<SyncStatus>), TlsError> {
+        let client_config = sync_client_config(
+            &identity.ca,
+            identity.chain.clone(),
+            identity.key.clone_key(),
+            CONNECTION_IDLE_TIMEOUT,
+        )?;
+        let filter = EdgeFilter {
+            region: identity.region.clone(),
+            private_listener,
+        };
+        let status = Arc::new(SyncStatus::default());
+        let client = SyncClient::new(
+            endpoint,
+            client_config,
+            controls,
+            identity.edge_id.clone(),
+            filter,
+            store,
+            lkg_path,
+            status.clone(),
+        );
+        Ok((client, status))
     }
 
     /// Serves the last-known-good config, if one is on disk. Returns its revision. A corrupt
