@@ -18,7 +18,10 @@
 //!           --writes 1000 --clients 1 --tag r1s [--object-bytes 300] [--warmup 50] [--keys K]
 //! ```
 
-use std::io::{BufRead, BufReader, Read, Write};
+#[path = "http1.rs"]
+mod http1;
+
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -194,67 +197,8 @@ impl Conn {
     /// Sends one request and reads the whole response; returns the status and the body.
     fn exchange(&mut self, req: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
         self.reader.get_mut().write_all(req)?;
-        let mut line = String::new();
+        let (status, body, close) = http1::read_response(&mut self.reader)?;
         let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-        if self.reader.read_line(&mut line)? == 0 {
-            return Err(bad("connection closed"));
-        }
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("bad status line"))?;
-        let mut length = None;
-        let mut chunked = false;
-        let mut close = false;
-        loop {
-            line.clear();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(bad("connection closed in headers"));
-            }
-            let h = line.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = h.split_once(':') {
-                let value = value.trim();
-                match name.to_ascii_lowercase().as_str() {
-                    "content-length" => length = value.parse::<usize>().ok(),
-                    "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
-                    "connection" => close = value.eq_ignore_ascii_case("close"),
-                    _ => {}
-                }
-            }
-        }
-        let mut body = Vec::new();
-        if chunked {
-            loop {
-                line.clear();
-                self.reader.read_line(&mut line)?;
-                let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-                    .map_err(|_| bad("bad chunk size"))?;
-                if size == 0 {
-                    // Trailers, then the empty line.
-                    loop {
-                        line.clear();
-                        if self.reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
-                            break;
-                        }
-                    }
-                    break;
-                }
-                let start = body.len();
-                body.resize(start + size, 0);
-                self.reader.read_exact(&mut body[start..])?;
-                line.clear();
-                self.reader.read_line(&mut line)?;
-            }
-        } else if let Some(n) = length {
-            body.resize(n, 0);
-            self.reader.read_exact(&mut body)?;
-        } else {
-            return Err(bad("response without a length"));
-        }
         if close {
             return Err(bad("the server closed the connection"));
         }
