@@ -59,12 +59,16 @@ pub enum Command {
 }
 
 #[derive(Args, Debug)]
-#[command(args_conflicts_with_subcommands = true)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    group = clap::ArgGroup::new("source").required(true).args(["config", "control"])
+)]
 pub struct EdgeArgs {
     #[command(subcommand)]
     pub action: Option<EdgeAction>,
     /// Serve the APIs of this declarative file (YAML or JSON), standalone.
-    #[arg(long, short = 'c', conflicts_with_all = ["control", "join_token"], required_unless_present = "control")]
+    #[arg(long, short = 'c', conflicts_with_all = ["control", "join_token"])]
     pub config: Option<PathBuf>,
     /// How often to check the file for changes, in milliseconds; 0 turns watching off (SIGHUP
     /// still reloads).
