@@ -7,6 +7,7 @@
 //! revision moves, because the entry was applied).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use portico_proto::{Api, Deployment, Document, Stage, ValidationErrors};
 use serde::{Deserialize, Serialize};
@@ -175,7 +176,9 @@ pub struct Versioned<T> {
     pub revision: u64,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
-    pub value: T,
+    /// Shared: copying the state (each write works on a copy while readers hold the last one)
+    /// copies pointers, not every API.
+    pub value: Arc<T>,
 }
 
 /// Everything the control plane replicates.
@@ -290,7 +293,7 @@ impl State {
                         revision: index,
                         created_at_ms: at,
                         updated_at_ms: at,
-                        value: token.clone(),
+                        value: Arc::new(token.clone()),
                     },
                 );
                 Ok(())
@@ -423,19 +426,19 @@ impl State {
                 Some(api) => world.apis.push(api.clone()),
                 None => {
                     if let Some(stored) = self.apis.get(*id) {
-                        world.apis.push(stored.value.clone());
+                        world.apis.push(stored.value.as_ref().clone());
                     }
                 }
             }
             if let Some(stored) = self.deployments.get(*id) {
                 world
                     .deployments
-                    .extend(stored.values().map(|d| d.value.clone()));
+                    .extend(stored.values().map(|d| d.value.as_ref().clone()));
             }
         }
         for d in &incoming.deployments {
             if let Some(existing) = self.deployments.get(&d.api).and_then(|m| m.get(&d.id)) {
-                if existing.value != *d {
+                if *existing.value != *d {
                     return Err(Rejection::Invalid(vec![format!(
                         "deployments: deployment {:?} of API {:?} already exists with other content; deployments are immutable",
                         d.id, d.api
@@ -450,7 +453,7 @@ impl State {
             .map_err(|e| Rejection::invalid(remap_paths(e, &world, &incoming)))?;
 
         for api in incoming.apis {
-            let changed = self.apis.get(&api.id).is_none_or(|old| old.value != api);
+            let changed = self.apis.get(&api.id).is_none_or(|old| *old.value != api);
             if !changed {
                 continue;
             }
@@ -466,7 +469,7 @@ impl State {
                     revision: index,
                     created_at_ms: created,
                     updated_at_ms: at,
-                    value: api,
+                    value: Arc::new(api),
                 },
             );
             if definition_changed {
@@ -479,7 +482,7 @@ impl State {
                 revision: index,
                 created_at_ms: at,
                 updated_at_ms: at,
-                value: d,
+                value: Arc::new(d),
             });
         }
         Ok(())
@@ -510,11 +513,15 @@ impl State {
                     revision: index,
                     created_at_ms: at,
                     updated_at_ms: at,
-                    value: deployment,
+                    value: Arc::new(deployment),
                 },
             );
         if let Some(api) = self.apis.get_mut(api_id) {
-            for stage in api.value.stages.iter_mut().filter(|s| s.auto_deploy) {
+            for stage in Arc::make_mut(&mut api.value)
+                .stages
+                .iter_mut()
+                .filter(|s| s.auto_deploy)
+            {
                 stage.deployment = Some(id.clone());
             }
         }
@@ -578,13 +585,17 @@ impl State {
                     revision: index,
                     created_at_ms: at,
                     updated_at_ms: at,
-                    value: deployment,
+                    value: Arc::new(deployment),
                 },
             );
         if let Some(stage_name) = stage
             && let Some(api) = self.apis.get_mut(api_id)
         {
-            if let Some(s) = api.value.stages.iter_mut().find(|s| s.name == stage_name) {
+            if let Some(s) = Arc::make_mut(&mut api.value)
+                .stages
+                .iter_mut()
+                .find(|s| s.name == stage_name)
+            {
                 s.deployment = Some(id.to_string());
             }
             api.revision = index;
@@ -596,11 +607,11 @@ impl State {
     /// The served model as a declarative document: what edges compile.
     pub fn to_document(&self) -> Document {
         Document {
-            apis: self.apis.values().map(|a| a.value.clone()).collect(),
+            apis: self.apis.values().map(|a| a.value.as_ref().clone()).collect(),
             deployments: self
                 .deployments
                 .values()
-                .flat_map(|m| m.values().map(|d| d.value.clone()))
+                .flat_map(|m| m.values().map(|d| d.value.as_ref().clone()))
                 .collect(),
         }
     }
