@@ -607,7 +607,11 @@ impl State {
     /// The served model as a declarative document: what edges compile.
     pub fn to_document(&self) -> Document {
         Document {
-            apis: self.apis.values().map(|a| a.value.as_ref().clone()).collect(),
+            apis: self
+                .apis
+                .values()
+                .map(|a| a.value.as_ref().clone())
+                .collect(),
             deployments: self
                 .deployments
                 .values()

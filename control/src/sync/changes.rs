@@ -57,7 +57,11 @@ pub fn full_config(state: &State, filter: &EdgeFilter) -> ConfigUpdate {
 fn put_api(state: &State, api: &Api) -> ConfigChange {
     let stored = state.deployments.get(&api.id);
     let mut deployments: Vec<Deployment> = pinned_deployment_ids(api)
-        .filter_map(|id| stored.and_then(|m| m.get(id)).map(|d| d.value.as_ref().clone()))
+        .filter_map(|id| {
+            stored
+                .and_then(|m| m.get(id))
+                .map(|d| d.value.as_ref().clone())
+        })
         .collect();
     // Two stages may pin the same deployment.
     deployments.sort_by(|a, b| a.id.cmp(&b.id));
