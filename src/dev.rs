@@ -138,13 +138,12 @@ async fn start_edge(
 }
 
 async fn wait_until_loaded(edge: &ConfigStore) -> Result<()> {
-    for _ in 0..500 {
-        if edge.is_loaded() {
-            return Ok(());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    let mut serving = edge.subscribe();
+    let loaded = serving.wait_for(|revision| *revision > 0);
+    match tokio::time::timeout(std::time::Duration::from_secs(5), loaded).await {
+        Ok(Ok(_)) => Ok(()),
+        _ => anyhow::bail!("the edge received no config from the control node within 5 s"),
     }
-    anyhow::bail!("the edge received no config from the control node within 5 s")
 }
 
 fn write_token(path: &std::path::Path, token: &str) -> Result<()> {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use openraft::ChangeMembers;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
@@ -15,6 +15,7 @@ use crate::raft::store::{self, StateReader};
 use crate::raft::{Member, NodeId, Raft};
 use crate::state::{Applied, Command, Proposal, State};
 use crate::sync::EdgeSessions;
+use crate::sync::registry::now_ms;
 
 /// Timing that elects a new leader well within 2 s of a crash on a LAN, without spurious
 /// elections from a busy 2-core machine.
@@ -217,13 +218,6 @@ async fn member_edges(
     serde_json::from_slice::<Local>(resp.body())
         .map(|l| l.items)
         .map_err(|e| format!("malformed answer: {e}"))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Backend for ControlNode {

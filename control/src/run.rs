@@ -88,6 +88,14 @@ pub fn is_initialized(dir: &Path) -> bool {
     dir.join("node.json").exists()
 }
 
+/// Refuses a directory that already holds a node; creates it otherwise.
+fn prepare_new_dir(dir: &Path) -> Result<(), RunError> {
+    if is_initialized(dir) {
+        return Err(RunError::AlreadyInitialized(dir.display().to_string()));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| files_error(dir, e))
+}
+
 /// Creates the cluster CA and this node's identity (node 1) in `dir`.
 pub fn init(
     dir: &Path,
@@ -96,10 +104,7 @@ pub fn init(
     admin_addr: SocketAddr,
     admin_tls: bool,
 ) -> Result<NodeConfig, RunError> {
-    if is_initialized(dir) {
-        return Err(RunError::AlreadyInitialized(dir.display().to_string()));
-    }
-    std::fs::create_dir_all(dir).map_err(|e| files_error(dir, e))?;
+    prepare_new_dir(dir)?;
     let ca = ClusterCa::generate(cluster_name).map_err(|e| RunError::Other(e.to_string()))?;
     let mut hosts = vec![raft_addr.ip().to_string()];
     if admin_addr.ip() != raft_addr.ip() {
@@ -146,10 +151,7 @@ pub fn write_joined(
     admin_addr: SocketAddr,
     admin_tls: bool,
 ) -> Result<NodeConfig, RunError> {
-    if is_initialized(dir) {
-        return Err(RunError::AlreadyInitialized(dir.display().to_string()));
-    }
-    std::fs::create_dir_all(dir).map_err(|e| files_error(dir, e))?;
+    prepare_new_dir(dir)?;
     let file = NodeFile {
         id: grant.node_id,
         cluster_name: grant.cluster_name.clone(),

@@ -141,23 +141,14 @@ impl ConfigStore {
         }
     }
 
-    /// Swaps in a prepared config, unless an equal or newer revision already serves. Returns
-    /// the revision serving afterwards.
+    /// Swaps in a prepared config unless a newer revision already serves; returns the revision
+    /// serving afterwards. A config of the serving revision replaces it: the sync client's view
+    /// of one revision changes when the edge's listeners do (a private listener added), and the
+    /// fresh snapshot it then gets carries the revision it already serves.
     pub fn install(&self, prepared: Prepared) -> u64 {
-        self.install_if(prepared, |revision, serving| revision > serving)
-    }
-
-    /// Like [`ConfigStore::install`], but also replaces a config of the same revision: the sync
-    /// client's view of one revision changes when the edge's listeners do (a private listener
-    /// added), and the fresh snapshot it then gets carries the revision it already serves.
-    pub fn install_same_or_newer(&self, prepared: Prepared) -> u64 {
-        self.install_if(prepared, |revision, serving| revision >= serving)
-    }
-
-    fn install_if(&self, prepared: Prepared, newer: impl Fn(u64, u64) -> bool) -> u64 {
         let revision = prepared.config.revision;
         let serving = self.current.load().revision;
-        if self.is_loaded() && !newer(revision, serving) {
+        if self.is_loaded() && revision < serving {
             return serving;
         }
         self.current.store(Arc::new(prepared.config));

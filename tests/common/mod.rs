@@ -259,42 +259,31 @@ impl EdgeBuilder {
         let private = ports
             .get(2)
             .map(|port| SocketAddr::from(([127, 0, 0, 1], *port)));
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--log-format").arg("json").arg("edge");
+        let mut args: Vec<String> = vec!["--log-format".into(), "json".into(), "edge".into()];
         if self.config.is_some() {
-            cmd.arg("--config").arg(&config_path);
+            args.extend(["--config".into(), config_path.display().to_string()]);
         }
-        cmd.arg("--listen")
-            .arg(addr.to_string())
-            .arg("--ops-listen")
-            .arg(ops.to_string())
-            .arg("--workers")
-            .arg(self.workers.to_string())
-            .arg("--watch-interval-ms")
-            .arg(self.watch_ms.to_string())
-            .args(
-                private
-                    .iter()
-                    .flat_map(|p| ["--private-listen".to_string(), p.to_string()]),
-            )
-            .args(&self.args)
-            .env("PORTICO_LOG", "info")
-            .env_remove("PORTICO_LOG_FORMAT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn portico edge");
-        let stdout = Lines::capture(child.stdout.take().unwrap());
-        let stderr = Lines::capture(child.stderr.take().unwrap());
+        args.extend([
+            "--listen".into(),
+            addr.to_string(),
+            "--ops-listen".into(),
+            ops.to_string(),
+            "--workers".into(),
+            self.workers.to_string(),
+            "--watch-interval-ms".into(),
+            self.watch_ms.to_string(),
+        ]);
+        if let Some(p) = private {
+            args.extend(["--private-listen".into(), p.to_string()]);
+        }
+        args.extend(self.args.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Edge {
-            pid: child.id(),
-            child,
+            proc: Proc::spawn(&args),
             addr,
             ops,
             private,
             config_path,
-            stdout,
-            stderr,
             _dir: dir,
         }
     }
@@ -329,8 +318,8 @@ impl EdgeBuilder {
 
 /// A running `portico edge`, killed when dropped.
 pub struct Edge {
-    child: Child,
-    pub pid: u32,
+    /// The process: its output lines, signals and exit (through `Deref`).
+    proc: Proc,
     /// The public listener.
     pub addr: SocketAddr,
     /// The ops listener.
@@ -338,8 +327,6 @@ pub struct Edge {
     /// The private listener, if [`EdgeBuilder::private_listener`] asked for one.
     pub private: Option<SocketAddr>,
     pub config_path: PathBuf,
-    pub stdout: Lines,
-    pub stderr: Lines,
     _dir: TempDir,
 }
 
@@ -383,30 +370,6 @@ impl Edge {
         write_atomically(&self.config_path, text);
     }
 
-    /// Sends a signal with `kill -SIG PID`.
-    pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid.to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{sig} {} failed", self.pid);
-    }
-
-    /// The exit status, if the process ends within `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
     pub fn ops_get(&self, path: &str) -> (u16, String) {
         ops_get(self.ops, path).unwrap_or_else(|e| panic!("GET ops {path}: {e:#}"))
     }
@@ -442,10 +405,16 @@ impl Edge {
     }
 }
 
-impl Drop for Edge {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Edge {
+    type Target = Proc;
+    fn deref(&self) -> &Proc {
+        &self.proc
+    }
+}
+
+impl std::ops::DerefMut for Edge {
+    fn deref_mut(&mut self) -> &mut Proc {
+        &mut self.proc
     }
 }
 

@@ -37,6 +37,8 @@ pub struct EdgeSessions {
     sessions: Mutex<BTreeMap<String, EdgeSession>>,
 }
 
+/// The wall clock in Unix milliseconds: what operators read (last seen), and what the leader
+/// stamps into proposals. Never used to time anything.
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

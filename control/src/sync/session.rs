@@ -271,7 +271,7 @@ impl SyncService {
                 return Err(SessionError::Revoked);
             }
             let due = state.revision > edge_revision.max(refused);
-            if in_flight.is_none() && due && state.revision > 0 {
+            if in_flight.is_none() && due {
                 let update = edge_update(&state, edge_revision, &filter);
                 in_flight = Some(update.revision);
                 self.write(send, &ControlMessage::Update(update)).await?;

@@ -394,7 +394,7 @@ impl SyncClient {
                 self.status.lkg_failed();
             }
         }
-        self.store.install_same_or_newer(prepared);
+        self.store.install(prepared);
         self.view = next;
         self.resync = false;
         self.status.update_applied(update.revision);

@@ -91,55 +91,54 @@ impl SyncStatus {
     /// Prometheus text; `serving_revision` is the config revision in use.
     pub fn render(&self, serving_revision: u64, out: &mut String) {
         let r = self.report(serving_revision);
-        let gauges = [
+        let series = [
             (
                 "portico_sync_connected",
+                "gauge",
                 "Whether a sync session with a control node is up.",
                 u64::from(r.connected),
             ),
             (
                 "portico_sync_control_revision",
+                "gauge",
                 "The newest revision a control node reported.",
                 r.control_revision,
             ),
             (
                 "portico_sync_lag_revisions",
+                "gauge",
                 "How many revisions the serving config is behind the control plane.",
                 r.lag_revisions,
             ),
-        ];
-        for (name, help, value) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
-        }
-        let counters = [
             (
                 "portico_sync_sessions_total",
+                "counter",
                 "Sync sessions started.",
                 self.sessions.load(Relaxed),
             ),
             (
                 "portico_sync_updates_applied_total",
+                "counter",
                 "Updates applied from control nodes.",
                 r.updates_applied,
             ),
             (
                 "portico_sync_updates_refused_total",
+                "counter",
                 "Updates refused (nacked) as invalid.",
                 r.updates_refused,
             ),
             (
                 "portico_sync_last_known_good_failures_total",
+                "counter",
                 "Last-known-good files that could not be written or read.",
                 r.last_known_good_failures,
             ),
         ];
-        for (name, help, value) in counters {
+        for (name, kind, help, value) in series {
             let _ = writeln!(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
     }
