@@ -268,7 +268,15 @@ pub async fn start_with_endpoint(
         .await
         .map_err(NodeError::from)?;
     let reader = state_machine.reader();
-    let network = QuicRaftNetwork::new(config.id, endpoint.clone(), client_config);
+    log.set_node_id(config.id);
+    let durable = log.durable();
+    let network = QuicRaftNetwork::with_durable_log(
+        config.id,
+        endpoint.clone(),
+        client_config,
+        Some(durable.clone()),
+    );
+    let held_back = network.clone();
     let raft_config = raft_config(&config.cluster_name, config.snapshot_logs)
         .validate()
         .map_err(|e| RunError::Other(e.to_string()))?;
@@ -281,6 +289,20 @@ pub async fn start_with_endpoint(
     )
     .await
     .map_err(|e| NodeError::Raft(e.to_string()))?;
+    // A commit index held back until the leader's log was durable reaches the followers with
+    // the next heartbeat; this sends that heartbeat as soon as the log catches up, rather than
+    // up to a heartbeat interval later. Ends when the log is closed.
+    tokio::spawn({
+        let raft = raft.clone();
+        let mut durable = durable;
+        async move {
+            while durable.changed().await.is_ok() {
+                if held_back.take_held_back() && raft.trigger().heartbeat().await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
 
     if let Some(listener) = &admin_listener {
         config.admin_addr = listener

@@ -6,8 +6,9 @@
 //! command becomes a recorded rejection, never a panic, and leaves the state as it was (only the
 //! revision moves, because the entry was applied).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use imbl::OrdMap;
 
 use portico_proto::{Api, Deployment, Document, Stage, ValidationErrors};
 use serde::{Deserialize, Serialize};
@@ -186,17 +187,17 @@ pub struct Versioned<T> {
 pub struct State {
     /// The log index of the last applied entry.
     pub revision: u64,
-    pub apis: BTreeMap<String, Versioned<Api>>,
+    pub apis: OrdMap<String, Versioned<Api>>,
     /// By API id, then deployment id.
-    pub deployments: BTreeMap<String, BTreeMap<String, Versioned<Deployment>>>,
-    pub tokens: BTreeMap<String, Versioned<TokenRecord>>,
+    pub deployments: OrdMap<String, OrdMap<String, Versioned<Deployment>>>,
+    pub tokens: OrdMap<String, Versioned<TokenRecord>>,
     pub cluster_ca: Option<CaRecord>,
     /// Every control node ever admitted by `join`, by node id.
-    pub admissions: BTreeMap<u64, Admission>,
+    pub admissions: OrdMap<u64, Admission>,
     /// Every edge ever enrolled, by id.
-    pub edges: BTreeMap<String, EdgeRecord>,
+    pub edges: OrdMap<String, EdgeRecord>,
     /// Deleted API ids by the revision that deleted them, the latest [`MAX_TOMBSTONES`].
-    pub api_tombstones: BTreeMap<u64, Vec<String>>,
+    pub api_tombstones: OrdMap<u64, Vec<String>>,
     /// The newest revision whose deletions were forgotten: "changes since R" is complete only
     /// for R at or after it.
     pub tombstone_floor: u64,
@@ -256,7 +257,8 @@ impl State {
                     .or_default()
                     .push(id.clone());
                 while self.api_tombstones.len() > MAX_TOMBSTONES {
-                    if let Some((revision, _)) = self.api_tombstones.pop_first() {
+                    if let Some(&(revision, _)) = self.api_tombstones.get_min() {
+                        self.api_tombstones.remove(&revision);
                         self.tombstone_floor = revision;
                     }
                 }

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use super::ca::node_dns_name;
 use super::frame::{FrameError, encode_frame, read_frame};
 use super::raft_server::{MAX_RAFT_REQUEST, MAX_RAFT_RESPONSE, RaftRequest, RaftResponse};
-use crate::raft::{Member, NodeId, TypeConfig};
+use crate::raft::{LogId, Member, NodeId, TypeConfig};
 
 /// How long resolving a peer's address may take.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -122,6 +122,11 @@ struct Peer {
 
 struct Shared {
     node_id: NodeId,
+    /// This node's last durable log entry, when its log acknowledges a leader's entries before
+    /// they are durable (`raft::store::log`): the commit index sent is never beyond it.
+    durable: Option<watch::Receiver<Option<LogId>>>,
+    /// A commit index was held back since [`QuicRaftNetwork::take_held_back`] was last called.
+    held_back: AtomicBool,
     endpoint: Endpoint,
     client_config: quinn::ClientConfig,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
@@ -137,14 +142,32 @@ impl QuicRaftNetwork {
     /// `node_id` is this node's id (reported in timeouts); `client_config` must offer
     /// [`super::ALPN_RAFT`] and present this node's certificate.
     pub fn new(node_id: NodeId, endpoint: Endpoint, client_config: quinn::ClientConfig) -> Self {
+        Self::with_durable_log(node_id, endpoint, client_config, None)
+    }
+
+    /// Like [`Self::new`], for a node whose log reports its durable end through `durable`.
+    pub fn with_durable_log(
+        node_id: NodeId,
+        endpoint: Endpoint,
+        client_config: quinn::ClientConfig,
+        durable: Option<watch::Receiver<Option<LogId>>>,
+    ) -> Self {
         QuicRaftNetwork {
             shared: Arc::new(Shared {
                 node_id,
+                durable,
+                held_back: AtomicBool::new(false),
                 endpoint,
                 client_config,
                 peers: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Whether a commit index was held back since the last call: once the log is durable
+    /// further, a heartbeat carries it to the followers.
+    pub fn take_held_back(&self) -> bool {
+        self.shared.held_back.swap(false, Ordering::AcqRel)
     }
 
     fn peer(&self, target: NodeId) -> Arc<Peer> {
@@ -387,9 +410,16 @@ async fn resolve(endpoint: &Endpoint, addr: &str) -> Result<SocketAddr, Failure>
 impl RaftNetwork<TypeConfig> for QuicRaftClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        if let Some(durable) = &self.shared.durable {
+            let durable = *durable.borrow();
+            if rpc.leader_commit > durable {
+                rpc.leader_commit = durable;
+                self.shared.held_back.store(true, Ordering::Release);
+            }
+        }
         let entries = rpc.entries.len() as u64;
         let frame = self.encode(&RaftRequest::AppendEntries(rpc))?;
         if frame.len() > MAX_RAFT_REQUEST {

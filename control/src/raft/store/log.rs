@@ -1,96 +1,305 @@
-//! The Raft log, the vote and the log pointers ([`RaftLogStorage`]).
+//! The Raft log, the vote and the log pointers ([`RaftLogStorage`]): entries and the commit
+//! pointer in the segment files of [`Wal`], the vote and the purged pointer in redb.
+//!
+//! Writes go to one thread of their own, in order, and the writes that queue up meanwhile are
+//! written and fsynced together (group commit). A leader's own entries are acknowledged to
+//! openraft when they are queued, not when they are durable: openraft 0.9 replicates an entry
+//! only after the leader's append reports it flushed, so waiting would put the leader's fsync
+//! and the follower's one after the other in every commit. Raft still needs a majority of
+//! durable copies before anything depends on an entry, so nothing does until the leader's copy
+//! is durable too:
+//! - the state machine applies an entry only then ([`LogDurability`]), and every answer to a
+//!   client (a write's result, a linearizable read) waits for the apply;
+//! - the commit index the leader sends is never beyond its durable log
+//!   (`transport::raft_net`), so no follower applies an entry earlier either;
+//! - membership entries are the exception: they take effect when appended, not when applied,
+//!   so a leader's membership entries are acknowledged only once durable.
+//!
+//! A follower's entries are acknowledged only once durable, as usual. A leader that crashes
+//! before its write lands loses only entries that nobody has applied or been told about.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{AnyError, OptionalSend, StorageIOError};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, WriteTransaction};
+use openraft::{AnyError, EntryPayload, OptionalSend, StorageIOError};
+use redb::{Database, Durability, ReadableDatabase};
+use tokio::sync::{oneshot, watch};
 
-use super::{
-    Ctx, LOG, LogSummary, META, blocking, decode_entry, encode, encode_entry, key, log_len,
-    read_meta,
-};
-use crate::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
+use super::wal::Wal;
+use super::{Ctx, INLINE, LogSummary, META, blocking, encode, encode_entry, key, read_meta};
+use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 
-/// The log store. Cloning is cheap: clones share the database, and a clone is what openraft gets
-/// as its log reader (reads run in their own MVCC read transactions).
+/// Bytes of entries queued for the writer before `append` waits for it.
+const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+
+/// The log store. Cloning is cheap: clones share the files and the writer, and a clone is what
+/// openraft gets as its log reader.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    wal: Arc<Wal>,
+    /// `None` when storage runs inline (simulations): every write is then done in the call.
+    writer: Option<Arc<WriterHandle>>,
+    durability: LogDurability,
+    /// This node's id once known (0: unknown, so never a leader's early acknowledgement).
+    node_id: Arc<AtomicU64>,
+    /// The vote last saved or read: the vote this node appends under.
+    vote: Arc<Mutex<Option<Vote>>>,
+}
+
+/// What the state machine waits on before applying: the log's durable end, and how far a
+/// leader's entries were acknowledged before they were durable.
+#[derive(Clone)]
+pub struct LogDurability {
+    durable: watch::Receiver<Option<LogId>>,
+    early_upto: Arc<AtomicU64>,
+}
+
+impl LogDurability {
+    /// Waits until the entries up to `index` that were acknowledged early are durable.
+    pub(super) async fn wait(&self, index: u64) -> Result<(), AnyError> {
+        let need = index.min(self.early_upto.load(Ordering::Acquire));
+        if need == 0 {
+            return Ok(());
+        }
+        let mut durable = self.durable.clone();
+        durable
+            .wait_for(|d| d.is_some_and(|d| d.index >= need))
+            .await
+            .map(|_| ())
+            .map_err(|_| AnyError::error("the log writer stopped"))
+    }
+}
+
+/// Work for the writer thread, done in the order sent.
+enum Job {
+    Append {
+        entries: Vec<(LogId, Vec<u8>)>,
+        bytes: usize,
+        /// `None` when already acknowledged (a leader's own entries).
+        callback: Option<LogFlushed<TypeConfig>>,
+    },
+    Committed(Option<LogId>),
+    /// Anything else (truncate, purge): run after everything before it is written.
+    Run(
+        Box<dyn FnOnce() -> Result<(), AnyError> + Send>,
+        oneshot::Sender<Result<(), AnyError>>,
+    ),
+}
+
+struct WriterHandle {
+    tx: Mutex<mpsc::Sender<Job>>,
+    queued_bytes: Arc<AtomicUsize>,
+    failed: Arc<AtomicBool>,
+}
+
+impl WriterHandle {
+    fn start(wal: Arc<Wal>) -> Result<WriterHandle, AnyError> {
+        let (tx, rx) = mpsc::channel();
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicBool::new(false));
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn({
+                let queued_bytes = queued_bytes.clone();
+                let failed = failed.clone();
+                move || run_writer(&wal, &rx, &queued_bytes, &failed)
+            })
+            .ctx("starting the log writer thread")?;
+        Ok(WriterHandle {
+            tx: Mutex::new(tx),
+            queued_bytes,
+            failed,
+        })
+    }
+
+    fn send(&self, job: Job) -> Result<(), AnyError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(AnyError::error(
+                "an earlier log write failed; this node stops writing",
+            ));
+        }
+        self.tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .map_err(|_| AnyError::error("the log writer stopped"))
+    }
+
+    /// Runs `f` on the writer, after everything queued before it.
+    async fn run(
+        &self,
+        f: impl FnOnce() -> Result<(), AnyError> + Send + 'static,
+    ) -> Result<(), AnyError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Run(Box::new(f), tx))?;
+        rx.await
+            .map_err(|_| AnyError::error("the log writer stopped"))?
+    }
+}
+
+/// The writer thread: takes every job queued, writes consecutive appends (and the latest commit
+/// pointer) with one write and one fsync, and runs other jobs in between, in order.
+fn run_writer(
+    wal: &Wal,
+    rx: &mpsc::Receiver<Job>,
+    queued_bytes: &AtomicUsize,
+    failed: &AtomicBool,
+) {
+    #[derive(Default)]
+    struct Group {
+        entries: Vec<(LogId, Vec<u8>)>,
+        bytes: usize,
+        committed: Option<Option<LogId>>,
+        callbacks: Vec<LogFlushed<TypeConfig>>,
+    }
+    let flush = |group: &mut Group| {
+        let group = std::mem::take(group);
+        let result = if failed.load(Ordering::Acquire) {
+            Err(AnyError::error("an earlier log write failed"))
+        } else {
+            wal.append_with(group.committed, &group.entries)
+        };
+        queued_bytes.fetch_sub(group.bytes, Ordering::AcqRel);
+        if let Err(e) = &result {
+            // Entries may have been acknowledged before this write: nothing may go on.
+            failed.store(true, Ordering::Release);
+            tracing::error!(error = %e, "writing the Raft log failed; this node stops writing");
+        }
+        for callback in group.callbacks {
+            callback.log_io_completed(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| std::io::Error::other(e.to_string())),
+            );
+        }
+    };
+    let mut group = Group::default();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(job) = next {
+            match job {
+                Job::Append {
+                    entries,
+                    bytes,
+                    callback,
+                } => {
+                    group.entries.extend(entries);
+                    group.bytes += bytes;
+                    group.callbacks.extend(callback);
+                }
+                Job::Committed(c) => group.committed = Some(c),
+                Job::Run(f, reply) => {
+                    flush(&mut group);
+                    let result = if failed.load(Ordering::Acquire) {
+                        Err(AnyError::error("an earlier log write failed"))
+                    } else {
+                        f()
+                    };
+                    let _ = reply.send(result);
+                }
+            }
+            next = if group.bytes < MAX_QUEUED_BYTES {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        flush(&mut group);
+    }
 }
 
 impl LogStore {
-    pub(super) fn new(db: Arc<Database>) -> LogStore {
-        LogStore { db }
+    pub(super) fn new(db: Arc<Database>, wal: Wal) -> Result<LogStore, AnyError> {
+        let wal = Arc::new(wal);
+        let writer = if INLINE.with(std::cell::Cell::get) {
+            None
+        } else {
+            Some(Arc::new(WriterHandle::start(wal.clone())?))
+        };
+        Ok(LogStore {
+            db,
+            durability: LogDurability {
+                durable: wal.durable(),
+                early_upto: Arc::new(AtomicU64::new(0)),
+            },
+            wal,
+            writer,
+            node_id: Arc::new(AtomicU64::new(0)),
+            vote: Arc::new(Mutex::new(None)),
+        })
     }
 
-    /// Reads and decodes every pointer and both ends of the log, and checks that the log has no
-    /// hole and starts after the purged prefix.
+    /// Tells the store which node it belongs to, so that it knows when it appends as leader.
+    pub fn set_node_id(&self, id: NodeId) {
+        self.node_id.store(id, Ordering::Release);
+    }
+
+    /// The last durable log entry, watched: a leader sends no commit index beyond it.
+    pub fn durable(&self) -> watch::Receiver<Option<LogId>> {
+        self.durability.durable.clone()
+    }
+
+    pub(super) fn durability(&self) -> LogDurability {
+        self.durability.clone()
+    }
+
+    /// Whether entries appended now are this node's own, as an established leader.
+    fn leading(&self) -> bool {
+        let me = self.node_id.load(Ordering::Acquire);
+        let vote = self.vote.lock().unwrap_or_else(|p| p.into_inner());
+        me != 0 && vote.is_some_and(|v| v.committed && v.leader_id.node_id == me)
+    }
+
+    /// Reads the vote and the log's ends for the start-up log line (replay has already checked
+    /// that the log has no hole and starts after the purged prefix).
     pub(super) fn check(&self) -> Result<LogSummary, AnyError> {
-        let txn = self.db.begin_read().ctx("reading the log")?;
+        let txn = self.db.begin_read().ctx("reading the log metadata")?;
         let meta = txn.open_table(META).ctx("reading the log metadata")?;
         let vote: Option<Vote> = read_meta(&meta, key::VOTE)?;
-        let committed: Option<Option<LogId>> = read_meta(&meta, key::COMMITTED)?;
         let last_purged: Option<LogId> = read_meta(&meta, key::LAST_PURGED)?;
-        let log = txn.open_table(LOG).ctx("reading the log")?;
-        let entries = log_len(&log)?;
-        let first = match log.first().ctx("reading the first log entry")? {
-            Some((k, v)) => Some(decode_entry(k.value(), v.value())?.log_id),
-            None => None,
-        };
-        let last = match log.last().ctx("reading the last log entry")? {
-            Some((k, v)) => Some(decode_entry(k.value(), v.value())?.log_id),
-            None => None,
-        };
-        if let (Some(first), Some(last)) = (first, last)
-            && last.index - first.index + 1 != entries
-        {
-            return Err(AnyError::error(format!(
-                "the log has a hole: {entries} entries from index {} to {}",
-                first.index, last.index
-            )));
-        }
-        if let (Some(first), Some(purged)) = (first, last_purged)
-            && first.index <= purged.index
-        {
-            return Err(AnyError::error(format!(
-                "log entry {first} is at or before the purged log id {purged}"
-            )));
-        }
+        let (_, _, entries) = self.wal.first_last();
         Ok(LogSummary {
             vote,
-            committed: committed.flatten(),
+            committed: self.wal.committed(),
             last_purged,
             entries,
         })
     }
 
-    /// Runs one durable write transaction on the blocking pool.
-    async fn write<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&WriteTransaction) -> Result<T, AnyError> + Send + 'static,
-    ) -> Result<T, AnyError> {
-        self.write_with(Durability::Immediate, f).await
+    /// Blocks the writer thread (after what is queued) until the returned sender is used or
+    /// dropped, so that tests can look at entries between their append and their write.
+    #[cfg(test)]
+    pub(super) fn hold_writer(&self) -> std::sync::mpsc::Sender<()> {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (reply, _) = oneshot::channel();
+        if let Some(w) = &self.writer {
+            let _ = w.send(Job::Run(
+                Box::new(move || {
+                    let _ = rx.recv();
+                    Ok(())
+                }),
+                reply,
+            ));
+        }
+        tx
     }
 
-    /// Runs one write transaction with the given durability on the blocking pool.
-    async fn write_with<T: Send + 'static>(
+    /// Runs a write on the writer thread after everything queued, or inline.
+    async fn run_write(
         &self,
-        durability: Durability,
-        f: impl FnOnce(&WriteTransaction) -> Result<T, AnyError> + Send + 'static,
-    ) -> Result<T, AnyError> {
-        let db = self.db.clone();
-        blocking(move || {
-            let mut txn = db.begin_write().ctx("starting a write transaction")?;
-            txn.set_durability(durability)
-                .ctx("setting the transaction's durability")?;
-            let out = f(&txn)?;
-            txn.commit().ctx("committing a write transaction")?;
-            Ok(out)
-        })
-        .await
+        f: impl FnOnce() -> Result<(), AnyError> + Send + 'static,
+    ) -> Result<(), AnyError> {
+        match &self.writer {
+            Some(w) => w.run(f).await,
+            None => f(),
+        }
     }
 
     async fn read_meta_record<T: serde::de::DeserializeOwned + Send + 'static>(
@@ -106,17 +315,19 @@ impl LogStore {
         .await
     }
 
-    async fn write_meta_record(
-        &self,
-        name: &'static str,
-        bytes: Vec<u8>,
-        durability: Durability,
-    ) -> Result<(), AnyError> {
-        self.write_with(durability, move |txn| {
-            let mut meta = txn.open_table(META).ctx("opening the meta table")?;
-            meta.insert(name, bytes.as_slice())
-                .ctx(format!("writing {name}"))?;
-            Ok(())
+    /// Writes one `meta` record durably (fsync) on the blocking pool.
+    async fn write_meta_record(&self, name: &'static str, bytes: Vec<u8>) -> Result<(), AnyError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let mut txn = db.begin_write().ctx("starting a write transaction")?;
+            txn.set_durability(Durability::Immediate)
+                .ctx("setting the transaction's durability")?;
+            {
+                let mut meta = txn.open_table(META).ctx("opening the meta table")?;
+                meta.insert(name, bytes.as_slice())
+                    .ctx(format!("writing {name}"))?;
+            }
+            txn.commit().ctx(format!("committing {name}"))
         })
         .await
     }
@@ -151,19 +362,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let Some(bounds) = index_bounds(&range) else {
             return Ok(Vec::new());
         };
-        let db = self.db.clone();
-        blocking(move || {
-            let txn = db.begin_read().ctx("starting a read transaction")?;
-            let log = txn.open_table(LOG).ctx("opening the log table")?;
-            let mut entries = Vec::new();
-            for item in log.range(bounds).ctx("reading log entries")? {
-                let (k, v) = item.ctx("reading a log entry")?;
-                entries.push(decode_entry(k.value(), v.value())?);
-            }
-            Ok(entries)
-        })
-        .await
-        .map_err(|e| io(StorageIOError::read_logs(e)))
+        // Inline, not on the blocking pool: the leader reads each new entry back to replicate
+        // it, the file pages are in the page cache, and a hop to another thread would cost
+        // more than the read.
+        self.wal
+            .read(bounds)
+            .map_err(|e| io(StorageIOError::read_logs(e)))
     }
 }
 
@@ -171,23 +375,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let db = self.db.clone();
-        blocking(move || {
-            let txn = db.begin_read().ctx("starting a read transaction")?;
-            let meta = txn.open_table(META).ctx("opening the meta table")?;
-            let last_purged: Option<LogId> = read_meta(&meta, key::LAST_PURGED)?;
-            let log = txn.open_table(LOG).ctx("opening the log table")?;
-            let last = match log.last().ctx("reading the last log entry")? {
-                Some((k, v)) => Some(decode_entry(k.value(), v.value())?.log_id),
-                None => last_purged,
-            };
-            Ok(LogState {
-                last_purged_log_id: last_purged,
-                last_log_id: last,
-            })
+        let last_purged: Option<LogId> = self
+            .read_meta_record(key::LAST_PURGED)
+            .await
+            .map_err(|e| io(StorageIOError::read_logs(e)))?;
+        let (_, last, _) = self.wal.first_last();
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
         })
-        .await
-        .map_err(|e| io(StorageIOError::read_logs(e)))
     }
 
     async fn get_log_reader(&mut self) -> LogStore {
@@ -197,36 +393,45 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let bytes = encode(vote).map_err(|e| io(StorageIOError::write_vote(e)))?;
         // A vote must survive a crash, or this node could vote twice in one term.
-        self.write_meta_record(key::VOTE, bytes, Durability::Immediate)
+        self.write_meta_record(key::VOTE, bytes)
             .await
-            .map_err(|e| io(StorageIOError::write_vote(e)))
+            .map_err(|e| io(StorageIOError::write_vote(e)))?;
+        *self.vote.lock().unwrap_or_else(|p| p.into_inner()) = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.read_meta_record(key::VOTE)
+        let vote: Option<Vote> = self
+            .read_meta_record(key::VOTE)
             .await
-            .map_err(|e| io(StorageIOError::read_vote(e)))
+            .map_err(|e| io(StorageIOError::read_vote(e)))?;
+        // Reloaded as a plain vote, never as an established leader: openraft 0.9 would let a
+        // node that restarts with its own committed vote resume leading its old term at once,
+        // and such a leader serves linearizable reads from the saved commit pointer, which is
+        // not fsynced (see `save_committed`). As a follower it must win a new term first, and
+        // the blank entry that opens that term commits everything acknowledged before. Safe for
+        // Raft: the node still voted for that leader in that term, so it cannot vote twice.
+        let vote = vote.map(|v| Vote::new(v.leader_id.term, v.leader_id.node_id));
+        *self.vote.lock().unwrap_or_else(|p| p.into_inner()) = vote;
+        Ok(vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Durable (fsync), although openraft 0.9 calls the commit pointer optional: a leader
-        // that restarts resumes its old term, and it serves linearizable reads from the later of
-        // its term's first entry and this saved pointer. Were a crash to lose the pointer, that
-        // leader could answer a read without a write it had acknowledged (the end-to-end test
-        // `linearizable_reads_after_a_crash_of_every_node_see_every_acknowledged_write` caught
-        // exactly that). The price is one more fsync per commit on each node.
-        let bytes = encode(&committed).map_err(|e| io(StorageIOError::write(e)))?;
-        self.write_meta_record(key::COMMITTED, bytes, Durability::Immediate)
-            .await
-            .map_err(|e| io(StorageIOError::write(e)))
+        // Not fsynced: the next append's fsync makes it durable. openraft 0.9 awaits this
+        // between commit and apply, so an fsync here would be a second one in every write's
+        // path; it is queued and goes out with the next write. A pointer lost in a
+        // crash only means that fewer entries are re-applied at start-up; the rest are applied
+        // once the commit index is learned again. The one reader that needed it durable, a
+        // leader resuming its term after a restart, no longer exists (see `read_vote`).
+        let result = match &self.writer {
+            Some(w) => w.send(Job::Committed(committed)),
+            None => self.wal.save_committed(committed),
+        };
+        result.map_err(|e| io(StorageIOError::write(e)))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        let committed: Option<Option<LogId>> = self
-            .read_meta_record(key::COMMITTED)
-            .await
-            .map_err(|e| io(StorageIOError::read(e)))?;
-        Ok(committed.flatten())
+        Ok(self.wal.committed())
     }
 
     async fn append<I>(
@@ -238,71 +443,100 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut encoded = Vec::new();
-        for entry in entries {
-            match encode_entry(&entry) {
-                Ok(bytes) => encoded.push((entry.log_id.index, bytes)),
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let mut encoded = Vec::with_capacity(entries.len());
+        let mut bytes = 0;
+        for entry in &entries {
+            match encode_entry(entry) {
+                Ok(b) => {
+                    bytes += b.len();
+                    encoded.push((entry.log_id, b));
+                }
                 Err(e) => {
                     callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
                     return Err(io(StorageIOError::write_log_entry(entry.log_id, e)));
                 }
             }
         }
-        // The callback fires inside the task, right after the durable commit: the entries are on
-        // disk (and readable) by then, even if this future is dropped meanwhile.
-        let db = self.db.clone();
-        blocking(move || {
-            let written = (|| {
-                let txn = db.begin_write().ctx("starting a write transaction")?;
-                {
-                    let mut log = txn.open_table(LOG).ctx("opening the log table")?;
-                    for (index, bytes) in &encoded {
-                        log.insert(*index, bytes.as_slice())
-                            .ctx(format!("writing log entry {index}"))?;
-                    }
-                }
-                txn.commit().ctx("committing appended log entries")
-            })();
-            match written {
-                Ok(()) => {
-                    callback.log_io_completed(Ok(()));
-                    Ok(())
-                }
-                Err(e) => {
-                    callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                    Err(e)
-                }
-            }
-        })
-        .await
-        .map_err(|e| io(StorageIOError::write_logs(e)))
+        let Some(last) = entries.last().map(|e| e.log_id) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let Some(writer) = &self.writer else {
+            // Inline: written and fsynced here, then acknowledged.
+            let result = self.wal.append(&encoded);
+            callback.log_io_completed(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| std::io::Error::other(e.to_string())),
+            );
+            return result.map_err(|e| io(StorageIOError::write_logs(e)));
+        };
+        while writer.queued_bytes.load(Ordering::Acquire) > MAX_QUEUED_BYTES {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let first = entries[0].log_id.index;
+        // Membership entries change who forms a majority from the moment they are appended, so
+        // a leader counts its own copy of one only once it is durable.
+        let early = self.leading()
+            && !entries
+                .iter()
+                .any(|e| matches!(e.payload, EntryPayload::Membership(_)));
+        // Readable from now on, for the replication that follows this call.
+        self.wal.add_pending(entries);
+        let callback = if early {
+            // Before the write: see the module docs for why this is safe.
+            self.durability
+                .early_upto
+                .fetch_max(last.index, Ordering::AcqRel);
+            callback.log_io_completed(Ok(()));
+            None
+        } else {
+            Some(callback)
+        };
+        writer.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let sent = writer.send(Job::Append {
+            entries: encoded,
+            bytes,
+            callback,
+        });
+        if let Err(e) = sent {
+            writer.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            self.wal.drop_pending(first);
+            return Err(io(StorageIOError::write_logs(e)));
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "truncating the log");
-        self.write(move |txn| {
-            let mut log = txn.open_table(LOG).ctx("opening the log table")?;
-            log.retain_in(log_id.index.., |_, _| false)
-                .ctx(format!("deleting log entries from {}", log_id.index))
-        })
-        .await
-        .map_err(|e| io(StorageIOError::write_logs(e)))
+        let wal = self.wal.clone();
+        self.run_write(move || wal.truncate(log_id.index))
+            .await
+            .map_err(|e| io(StorageIOError::write_logs(e)))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "purging the log");
-        self.write(move |txn| {
-            let mut meta = txn.open_table(META).ctx("opening the meta table")?;
-            let previous: Option<LogId> = read_meta(&meta, key::LAST_PURGED)?;
-            // Never move the purged pointer backwards.
-            if previous.is_none_or(|p| p < log_id) {
-                let bytes = encode(&log_id)?;
-                meta.insert(key::LAST_PURGED, bytes.as_slice())
-                    .ctx("writing the purged log id")?;
+        let db = self.db.clone();
+        let wal = self.wal.clone();
+        self.run_write(move || {
+            // The purged pointer is durable before any segment goes, so a restart never finds
+            // the log starting later than it says.
+            let txn = db.begin_write().ctx("starting a write transaction")?;
+            {
+                let mut meta = txn.open_table(META).ctx("opening the meta table")?;
+                let previous: Option<LogId> = read_meta(&meta, key::LAST_PURGED)?;
+                // Never move the purged pointer backwards.
+                if previous.is_none_or(|p| p < log_id) {
+                    let bytes = encode(&log_id)?;
+                    meta.insert(key::LAST_PURGED, bytes.as_slice())
+                        .ctx("writing the purged log id")?;
+                }
             }
-            let mut log = txn.open_table(LOG).ctx("opening the log table")?;
-            log.retain_in(..=log_id.index, |_, _| false)
-                .ctx(format!("deleting log entries up to {}", log_id.index))
+            txn.commit().ctx("committing the purged log id")?;
+            wal.purge(log_id.index)
         })
         .await
         .map_err(|e| io(StorageIOError::write_logs(e)))

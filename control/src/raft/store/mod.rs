@@ -1,18 +1,17 @@
-//! Durable Raft storage on redb: one database file per node (`DIR/raft.redb`) holding the log,
-//! the vote and log pointers, and the state machine's snapshot.
-//!
-//! Tables:
-//! - `log`: log index → a versioned bincode encoding of the [`Entry`].
-//! - `meta`: the file format version, the vote, the last committed and the last purged log id.
-//! - `state_machine`: `snapshot_meta` / `snapshot_data`, the current snapshot (a state machine
-//!   image: a small versioned header with last-applied and membership, followed by
-//!   [`State::snapshot`] bytes); `snapshot_seq`, a counter that keeps snapshot ids unique.
+//! Durable Raft storage, in the node's storage directory:
+//! - `wal/`: the log entries and the commit pointer, in append-only segment files ([`wal`]).
+//! - `raft.redb`, one redb database: the vote, the last purged log id and the state machine's
+//!   snapshot. Tables:
+//!   - `meta`: the file format version, the vote, the last purged log id.
+//!   - `state_machine`: `snapshot_meta` / `snapshot_data`, the current snapshot (a state machine
+//!     image: a small versioned header with last-applied and membership, followed by
+//!     [`State::snapshot`] bytes); `snapshot_seq`, a counter that keeps snapshot ids unique.
 //!
 //! Durability: the log is the truth and the state machine is persisted only as snapshots, the
-//! standard design. What a commit costs on disk is one fsync: the one that makes the appended
-//! entries durable before openraft is told they are flushed.
-//! - `append`, `save_vote`, `truncate` and `purge` commit durably (fsync) before they are
-//!   reported done.
+//! standard design. What a commit costs on disk is one `fdatasync` per node: the one that makes
+//! the appended entries durable before openraft is told they are flushed.
+//! - `append`, `save_vote`, `truncate` and `purge` are durable (fsync) before they are reported
+//!   done.
 //! - `apply` writes nothing: it changes the in-memory [`State`] only. Writing the whole image
 //!   after every batch would cost an fsync and O(state size) per write.
 //! - `build_snapshot` and `install_snapshot` store the image durably. openraft purges the log
@@ -21,9 +20,9 @@
 //! - At start-up the state machine is the stored snapshot (`applied_state()` answers its log id
 //!   and membership), and openraft re-applies the log entries after it up to the saved
 //!   `committed` log id before the node serves anything; the rest is re-applied once the
-//!   commit index is learned again (as leader, by committing an entry of its term; as follower,
-//!   from the leader).
-//! - `save_committed` commits without fsync (see [`LogStore`]'s `save_committed` for why that
+//!   commit index is learned again (as follower, from the leader; a node never resumes leading
+//!   after a restart, see `read_vote`).
+//! - `save_committed` writes without fsync (see [`LogStore`]'s `save_committed` for why that
 //!   is safe).
 //!
 //! Every decode has a size limit and a corrupt record becomes a [`StorageError`], never a panic.
@@ -34,6 +33,7 @@ mod raft_tests;
 mod state_machine;
 #[cfg(test)]
 pub(crate) mod tests;
+mod wal;
 
 use std::cell::Cell;
 use std::fmt::Display;
@@ -41,11 +41,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::AnyError;
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use log::LogStore;
+pub use log::{LogDurability, LogStore};
 pub use state_machine::{SnapshotBuilder, StateMachineStore, StateReader, StoreClosed};
 
 use super::{Entry, LogId, StoredMembership, Vote};
@@ -56,10 +56,15 @@ pub const FILE_NAME: &str = "raft.redb";
 
 /// Bumped when the layout of the tables changes incompatibly. Version 1 also stored the state
 /// machine image after every applied batch (`state_machine/applied`); version 2 keeps only
-/// snapshots, and `open` upgrades a version 1 file by dropping that record (its snapshot and
-/// log hold everything the image did).
-const FORMAT_VERSION: u64 = 2;
+/// snapshots; version 3 keeps the log and the commit pointer in segment files ([`wal`]) instead
+/// of the `log` table. `open` upgrades older files: it drops the version 1 image (its snapshot
+/// and log hold everything the image did) and moves a version 1 or 2 log into segment files.
+const FORMAT_VERSION: u64 = 3;
 const FORMAT_VERSION_PERSISTED_STATE: u64 = 1;
+const FORMAT_VERSION_LOG_IN_REDB: u64 = 2;
+
+/// The directory of the log's segment files, beside the database file.
+pub const WAL_DIR: &str = "wal";
 
 /// Upper bound on what decoding one log entry may claim. bincode counts a varint as the size of
 /// its type, so a claim is at most 8 times the encoded size: [`MAX_ENCODED_ENTRY_BYTES`] is what
@@ -143,48 +148,64 @@ fn open_blocking(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError
         detail: e.to_string(),
     };
 
-    // Create the tables and stamp (or check) the format version.
+    // Create the tables and check the format version.
     let txn = db.begin_write().map_err(|e| db_err(e.into()))?;
-    {
-        txn.open_table(LOG).map_err(|e| db_err(e.into()))?;
+    let found = {
         txn.open_table(SM).map_err(|e| db_err(e.into()))?;
-        let mut meta = txn.open_table(META).map_err(|e| db_err(e.into()))?;
-        let found = match meta.get(key::FORMAT).map_err(|e| db_err(e.into()))? {
+        let meta = txn.open_table(META).map_err(|e| db_err(e.into()))?;
+        match meta.get(key::FORMAT).map_err(|e| db_err(e.into()))? {
             Some(v) => Some(
                 decode::<u64, MAX_RECORD_BYTES>(v.value(), "format version").map_err(corrupt)?,
             ),
             None => None,
-        };
-        match found {
-            Some(FORMAT_VERSION) => {}
-            Some(FORMAT_VERSION_PERSISTED_STATE) => {
-                let mut sm = txn.open_table(SM).map_err(|e| db_err(e.into()))?;
-                sm.remove(key::APPLIED_V1).map_err(|e| db_err(e.into()))?;
+        }
+    };
+    txn.commit().map_err(|e| db_err(e.into()))?;
+    let wal_dir = dir.join(WAL_DIR);
+    match found {
+        Some(FORMAT_VERSION) => {}
+        Some(old @ (FORMAT_VERSION_PERSISTED_STATE | FORMAT_VERSION_LOG_IN_REDB)) => {
+            upgrade(&db, &wal_dir, old).map_err(corrupt)?;
+            tracing::info!(path = %path.display(), "upgraded the Raft database from format version {old} to {FORMAT_VERSION}: the log moved to {}", wal_dir.display());
+        }
+        Some(found) => {
+            return Err(StoreError::UnsupportedFormat {
+                path: path.clone(),
+                found,
+            });
+        }
+        None => {
+            // A new store: an empty log directory left by an interrupted first start is fine,
+            // anything else there belongs to some other store.
+            let txn = db.begin_write().map_err(|e| db_err(e.into()))?;
+            {
+                let mut meta = txn.open_table(META).map_err(|e| db_err(e.into()))?;
                 let v = encode(&FORMAT_VERSION).map_err(corrupt)?;
                 meta.insert(key::FORMAT, v.as_slice())
                     .map_err(|e| db_err(e.into()))?;
-                tracing::info!(path = %path.display(), "upgraded the Raft database to format version {FORMAT_VERSION}: the state machine is rebuilt from its snapshot and the log");
             }
-            Some(found) => {
-                return Err(StoreError::UnsupportedFormat {
-                    path: path.clone(),
-                    found,
-                });
-            }
-            None => {
-                let v = encode(&FORMAT_VERSION).map_err(corrupt)?;
-                meta.insert(key::FORMAT, v.as_slice())
-                    .map_err(|e| db_err(e.into()))?;
-            }
+            txn.commit().map_err(|e| db_err(e.into()))?;
         }
     }
-    txn.commit().map_err(|e| db_err(e.into()))?;
 
     let db = Arc::new(db);
-    let log = LogStore::new(db.clone());
+    let last_purged = {
+        let txn = db.begin_read().map_err(|e| db_err(e.into()))?;
+        let meta = txn.open_table(META).map_err(|e| db_err(e.into()))?;
+        read_meta::<LogId>(&meta, key::LAST_PURGED).map_err(corrupt)?
+    };
+    let replayed = wal::Wal::open(&wal_dir, last_purged).map_err(|e| StoreError::Corrupt {
+        path: wal_dir.clone(),
+        detail: e.to_string(),
+    })?;
+    if let Some((file, offset, bytes)) = &replayed.torn {
+        tracing::warn!(file = %file.display(), offset, bytes, "discarded the torn end of the log (a write cut short by a crash; it was never acknowledged)");
+    }
+    let log =
+        LogStore::new(db.clone(), replayed.wal).map_err(|e| StoreError::Task(e.to_string()))?;
     let summary = log.check().map_err(corrupt)?;
     let image = state_machine::load_snapshot(&db).map_err(corrupt)?;
-    let sm = StateMachineStore::new(db, image);
+    let sm = StateMachineStore::new(db, image, log.durability());
     tracing::info!(
         path = %path.display(),
         vote = ?summary.vote,
@@ -195,6 +216,64 @@ fn open_blocking(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError
         "opened the Raft store; openraft re-applies the committed entries after the snapshot"
     );
     Ok((log, sm))
+}
+
+/// Brings a format version 1 or 2 store to the current version. The log moves from the `log`
+/// table into segment files; the segment files are complete and durable before the database
+/// says version 3, so an upgrade cut short is simply done again (from a fresh log directory).
+fn upgrade(db: &Database, wal_dir: &Path, from: u64) -> Result<(), AnyError> {
+    if wal_dir.exists() {
+        std::fs::remove_dir_all(wal_dir).ctx(format!(
+            "removing the unfinished upgrade in {}",
+            wal_dir.display()
+        ))?;
+    }
+    let txn = db.begin_read().ctx("reading the log to upgrade")?;
+    let meta = txn.open_table(META).ctx("reading the log metadata")?;
+    let last_purged: Option<LogId> = read_meta(&meta, key::LAST_PURGED)?;
+    let committed: Option<Option<LogId>> = read_meta(&meta, key::COMMITTED)?;
+    let replayed = wal::Wal::open(wal_dir, last_purged)?;
+    let wal = replayed.wal;
+    wal.save_committed(committed.flatten())?;
+    match txn.open_table(LOG) {
+        Ok(log) => {
+            let mut batch = Vec::new();
+            let mut batch_bytes = 0;
+            for item in log.iter().ctx("reading the log")? {
+                let (k, v) = item.ctx("reading a log entry")?;
+                let entry = decode_entry(k.value(), v.value())?;
+                batch_bytes += v.value().len();
+                batch.push((entry.log_id, v.value().to_vec()));
+                if batch_bytes > 16 * 1024 * 1024 {
+                    wal.append(&batch)?;
+                    batch.clear();
+                    batch_bytes = 0;
+                }
+            }
+            wal.append(&batch)?;
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(AnyError::new(&e).add_context(|| "reading the log")),
+    }
+    wal.sync()?;
+    drop(txn);
+
+    let txn = db.begin_write().ctx("starting the upgrade")?;
+    {
+        let mut meta = txn.open_table(META).ctx("opening the meta table")?;
+        if from == FORMAT_VERSION_PERSISTED_STATE {
+            let mut sm = txn.open_table(SM).ctx("opening the state machine table")?;
+            sm.remove(key::APPLIED_V1)
+                .ctx("removing the version 1 state image")?;
+        }
+        meta.remove(key::COMMITTED)
+            .ctx("removing the old commit pointer")?;
+        let v = encode(&FORMAT_VERSION)?;
+        meta.insert(key::FORMAT, v.as_slice())
+            .ctx("writing the format version")?;
+    }
+    txn.delete_table(LOG).ctx("removing the old log table")?;
+    txn.commit().ctx("committing the upgrade")
 }
 
 /// What `open` found in the log, for its log line.
@@ -253,7 +332,8 @@ fn decode_image(bytes: &[u8]) -> Result<Image, AnyError> {
     })
 }
 
-/// Log entries are stored in a version envelope too: logs outlive binaries.
+/// Log entries are stored in a version envelope too: logs outlive binaries. (The `log` table of
+/// format versions 1 and 2 is read only to upgrade it.)
 #[derive(Serialize)]
 enum EntryRef<'a> {
     V1(&'a Entry),
@@ -355,9 +435,4 @@ fn read_meta<T: DeserializeOwned>(
         Some(v) => Ok(Some(decode::<T, MAX_RECORD_BYTES>(v.value(), name)?)),
         None => Ok(None),
     }
-}
-
-/// Number of entries in the log table (redb keeps it, so this is cheap).
-fn log_len(table: &impl ReadableTableMetadata) -> Result<u64, AnyError> {
-    table.len().ctx("counting log entries")
 }

@@ -15,8 +15,8 @@ use openraft::raft::{
 };
 use openraft::{AnyError, Config, SnapshotPolicy};
 
-use super::tests::{TempDir, api};
-use super::{META, StateReader, StoreError, key, open};
+use super::tests::{self, TempDir, api};
+use super::{StateReader, StoreError, open};
 use crate::raft::{Member, NodeId, Raft, TypeConfig};
 use crate::state::{Applied, Command, Proposal, State};
 
@@ -104,21 +104,6 @@ async fn start(dir: &TempDir) -> (Raft, StateReader) {
     let reader = sm.reader();
     let raft = Raft::new(1, config(), NoNetwork, log, sm).await.unwrap();
     (raft, reader)
-}
-
-/// Retries `f` while the database file is still held by a stopped node's tasks (they let go
-/// of it shortly after `shutdown` returns). `start` does the same around `open`.
-async fn wait_for_file<T>(f: impl Fn() -> Result<T, redb::DatabaseError>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match f() {
-            Ok(value) => return value,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
 }
 
 async fn stop(raft: Raft) {
@@ -218,13 +203,10 @@ async fn a_restarted_node_replays_its_log_to_the_same_state() {
     // Without a committed pointer the node starts from the snapshot, and the entries after it
     // are applied again once they are committed again.
     {
-        let db = wait_for_file(|| redb::Database::create(dir.path().join(super::FILE_NAME))).await;
-        let txn = db.begin_write().unwrap();
-        txn.open_table(META)
-            .unwrap()
-            .remove(key::COMMITTED)
-            .unwrap();
-        txn.commit().unwrap();
+        let last = tests::segments(dir.path()).pop().unwrap();
+        let end = tests::records_end(&std::fs::read(&last).unwrap());
+        let none = super::encode(&None::<crate::raft::LogId>).unwrap();
+        tests::write_at(&last, end, &super::wal::raw_record(3, &none));
     }
     let (raft, reader) = start(&dir).await;
     assert_eq!(reader.applied(), snapshot_at);

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{
-    Ctx, Image, MAX_RECORD_BYTES, SM, blocking, decode, decode_image, encode, encode_image, key,
+    Ctx, Image, LogDurability, MAX_RECORD_BYTES, SM, blocking, decode, decode_image, encode,
+    encode_image, key,
 };
 use crate::raft::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::state::{Applied, State};
@@ -23,6 +24,8 @@ use crate::state::{Applied, State};
 /// snapshot and the log (see the module docs of [`super`]).
 pub struct StateMachineStore {
     db: Arc<Database>,
+    /// A leader's entries may be acknowledged before they are durable; none is applied before.
+    log: LogDurability,
     state: Arc<ArcSwap<State>>,
     last_applied: Option<LogId>,
     membership: StoredMembership,
@@ -85,7 +88,11 @@ enum SnapshotRecord {
 
 impl StateMachineStore {
     /// A state machine at the stored snapshot, or empty without one.
-    pub(super) fn new(db: Arc<Database>, image: Option<Image>) -> StateMachineStore {
+    pub(super) fn new(
+        db: Arc<Database>,
+        image: Option<Image>,
+        log: LogDurability,
+    ) -> StateMachineStore {
         let image = image.unwrap_or_else(|| Image {
             last_applied: None,
             membership: StoredMembership::default(),
@@ -94,6 +101,7 @@ impl StateMachineStore {
         let revision = image.last_applied.map_or(0, |l| l.index);
         StateMachineStore {
             db,
+            log,
             state: Arc::new(ArcSwap::from_pointee(image.state)),
             last_applied: image.last_applied,
             membership: image.membership,
@@ -264,10 +272,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
+        if let Some(last) = entries.last() {
+            self.log
+                .wait(last.log_id.index)
+                .await
+                .map_err(|e| io(StorageIOError::write_state_machine(e)))?;
+        }
         // In memory only: the entries are durable in the log, which is replayed after a restart.
-        // There is no I/O here, but copying the state and `State::apply` cost time in
-        // proportion to the state's size, so the batch runs on the blocking pool rather than
-        // hold up the runtime's worker (Raft heartbeats, the admin API) meanwhile.
+        // There is no I/O here, but `State::apply` validates what a command carries, which for
+        // a whole document takes time in proportion to its size, so the batch runs on the
+        // blocking pool rather than hold up the runtime's worker (Raft heartbeats, the admin
+        // API) meanwhile.
         let mut state = self.state.load_full();
         let mut last_applied = self.last_applied;
         let mut membership = self.membership.clone();
