@@ -174,63 +174,12 @@ json_eval() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 # Control plane: init + start node 1, then joins (learner, then voter once caught up)
 # ---------------------------------------------------------------------------------------
 export PORTICO_LOG=${PORTICO_LOG:-warn}
-CONTROL_PIDS=()
-"$PORTICO_BIN" control init --data "$WORK/c1" --cluster-name bench \
-  --raft-listen "127.0.0.1:${RAFT_PORTS[0]}" \
-  --admin-listen "127.0.0.1:${ADMIN_PORTS[0]}" >"$WORK/c1.init" 2>&1 \
-  || die "portico control init failed: $(cat "$WORK/c1.init")"
-TOKEN=$(grep -o 'ptk_[A-Za-z0-9_-]*' "$WORK/c1.init" | head -1)
-[ -n "$TOKEN" ] || die "no admin token in the output of portico control init"
-"$PORTICO_BIN" control start --data "$WORK/c1" >"$WORK/c1.log" 2>&1 &
-disown $!
-CONTROL_PIDS+=($!)
-PIDS+=($!)
-
-cluster_status() {
-  curl -sf -m 3 -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$1/v1/cluster/status"
-}
-voters() {
-  cluster_status "$1" 2>/dev/null \
-    | json_eval 'sum(1 for m in d["members"] if m["role"] in ("leader", "voter"))' 2>/dev/null \
-    || echo 0
-}
-alive_or_die() {
-  local pid
-  for pid in "${CONTROL_PIDS[@]}"; do
-    kill -0 "$pid" 2>/dev/null || die "a control node exited: $(tail -n 5 "$WORK"/c*.log)"
-  done
-}
-wait_voters() { # admin port, wanted voters
-  local deadline=$((SECONDS + START_TIMEOUT))
-  until [ "$(voters "$1")" = "$2" ]; do
-    [ $SECONDS -lt $deadline ] || die "the cluster did not reach $2 voters in ${START_TIMEOUT}s (logs in $WORK/c*.log)"
-    alive_or_die
-    sleep 0.2
-  done
-}
-wait_voters "${ADMIN_PORTS[0]}" 1
-
-if [ "$CONTROL_NODES" = 3 ]; then
-  JOIN_CONTROL=$(PORTICO_TOKEN=$TOKEN "$PORTICO_BIN" token create joiner --role join \
-    --server "127.0.0.1:${ADMIN_PORTS[0]}" | grep -o 'ptk_[A-Za-z0-9_-]*' | head -1)
-  [ -n "$JOIN_CONTROL" ] || die "portico token create --role join printed no token"
-  for i in 1 2; do
-    "$PORTICO_BIN" control join --data "$WORK/c$((i + 1))" \
-      --seed "127.0.0.1:${ADMIN_PORTS[0]}" --join-token "$JOIN_CONTROL" \
-      --raft-listen "127.0.0.1:${RAFT_PORTS[$i]}" \
-      --admin-listen "127.0.0.1:${ADMIN_PORTS[$i]}" >"$WORK/c$((i + 1)).log" 2>&1 &
-    disown $!
-    CONTROL_PIDS+=($!)
-    PIDS+=($!)
-    wait_voters "${ADMIN_PORTS[0]}" $((i + 1))
-  done
-fi
-
-STATUS=$(cluster_status "${ADMIN_PORTS[0]}")
-LEADER_ADMIN=$(printf '%s' "$STATUS" \
-  | json_eval '[m["admin_addr"] for m in d["members"] if m["id"] == d["leader"]][0]')
-LEADER_ID=$(printf '%s' "$STATUS" | json_eval 'd["leader"]')
-LEADER_ADMIN=${LEADER_ADMIN#http://}
+# shellcheck source=bench/portico_cluster.sh
+. "$REPO_ROOT/bench/portico_cluster.sh"
+CLUSTER_RAFT_PORTS=("${RAFT_PORTS[@]}")
+CLUSTER_ADMIN_PORTS=("${ADMIN_PORTS[@]}")
+portico_cluster_start c "$CONTROL_NODES"
+CONTROL_PIDS=("${CLUSTER_PIDS[@]}")
 log "control plane: $CONTROL_NODES voter(s), leader node $LEADER_ID serves $LEADER_ADMIN"
 CONTROLS=$(printf '127.0.0.1:%s,' "${RAFT_PORTS[@]:0:$CONTROL_NODES}")
 CONTROLS=${CONTROLS%,}
@@ -302,7 +251,7 @@ wait_edges() { # N
       kill -0 "${EDGE_PIDS[$i]}" 2>/dev/null \
         || die "edge $((i + 1)) exited: $(tail -n 5 "$WORK/edge$((i + 1)).log" "$WORK/edge$((i + 1)).out")"
     done
-    alive_or_die
+    cluster_alive_or_die
     if answer=$(admin GET /v1/cluster/edges 2>/dev/null) \
       && printf '%s' "$answer" >"$WORK/edges.json" \
       && python3 - "$WORK" "$n" "$OPS_PORT_BASE" <<'PY'

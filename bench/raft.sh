@@ -168,64 +168,13 @@ log "etcd: 3 members up, leader serves 127.0.0.1:$ETCD_LEADER_PORT"
 # Portico: init + start node 1, then two joins (learner, then voter once caught up)
 # ---------------------------------------------------------------------------------------
 export PORTICO_LOG=${PORTICO_LOG:-warn}
-PORTICO_PIDS=()
-"$PORTICO_BIN" control init --data "$WORK/p1" --cluster-name bench \
-  --raft-listen "127.0.0.1:${PORTICO_RAFT_PORTS[0]}" \
-  --admin-listen "127.0.0.1:${PORTICO_ADMIN_PORTS[0]}" >"$WORK/p1.init" 2>&1 \
-  || die "portico control init failed: $(cat "$WORK/p1.init")"
-TOKEN=$(grep -o 'ptk_[A-Za-z0-9_-]*' "$WORK/p1.init" | head -1)
-[ -n "$TOKEN" ] || die "no admin token in the output of portico control init"
-"$PORTICO_BIN" control start --data "$WORK/p1" >"$WORK/p1.log" 2>&1 &
-disown $!
-PORTICO_PIDS+=($!)
-PIDS+=($!)
-
-portico_status() {
-  curl -sf -m 3 -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$1/v1/cluster/status"
-}
-# Number of voters (leader included) that the node on admin port $1 reports.
-portico_voters() {
-  portico_status "$1" 2>/dev/null \
-    | json_eval 'sum(1 for m in d["members"] if m["role"] in ("leader", "voter"))' 2>/dev/null \
-    || echo 0
-}
-wait_voters() { # admin port, wanted voters
-  local deadline=$((SECONDS + START_TIMEOUT))
-  until [ "$(portico_voters "$1")" = "$2" ]; do
-    [ $SECONDS -lt $deadline ] || die "the Portico cluster did not reach $2 voters in ${START_TIMEOUT}s (logs in $WORK/p*.log)"
-    local pid
-    for pid in "${PORTICO_PIDS[@]}"; do
-      kill -0 "$pid" 2>/dev/null || die "a Portico node exited: $(tail -5 "$WORK"/p*.log)"
-    done
-    sleep 0.2
-  done
-}
-wait_voters "${PORTICO_ADMIN_PORTS[0]}" 1
-
-JOIN_TOKEN=$(PORTICO_TOKEN=$TOKEN "$PORTICO_BIN" token create joiner --role join \
-  --server "127.0.0.1:${PORTICO_ADMIN_PORTS[0]}" | grep -o 'ptk_[A-Za-z0-9_-]*' | head -1)
-[ -n "$JOIN_TOKEN" ] || die "portico token create --role join printed no token"
-for i in 1 2; do
-  "$PORTICO_BIN" control join --data "$WORK/p$((i + 1))" \
-    --seed "127.0.0.1:${PORTICO_ADMIN_PORTS[0]}" --join-token "$JOIN_TOKEN" \
-    --raft-listen "127.0.0.1:${PORTICO_RAFT_PORTS[$i]}" \
-    --admin-listen "127.0.0.1:${PORTICO_ADMIN_PORTS[$i]}" >"$WORK/p$((i + 1)).log" 2>&1 &
-  disown $!
-  PORTICO_PIDS+=($!)
-  PIDS+=($!)
-  wait_voters "${PORTICO_ADMIN_PORTS[0]}" $((i + 1))
-done
-
-STATUS=$(portico_status "${PORTICO_ADMIN_PORTS[0]}")
-LEADER_ADMIN=$(printf '%s' "$STATUS" \
-  | json_eval '[m["admin_addr"] for m in d["members"] if m["id"] == d["leader"]][0]')
-PORTICO_LEADER_PID=
-for i in 0 1 2; do
-  if [ "$LEADER_ADMIN" = "127.0.0.1:${PORTICO_ADMIN_PORTS[$i]}" ]; then
-    PORTICO_LEADER_PID=${PORTICO_PIDS[$i]}
-  fi
-done
-[ -n "$PORTICO_LEADER_PID" ] || die "the Portico leader's admin address $LEADER_ADMIN is not one of ours"
+# shellcheck source=bench/portico_cluster.sh
+. "$REPO_ROOT/bench/portico_cluster.sh"
+CLUSTER_RAFT_PORTS=("${PORTICO_RAFT_PORTS[@]}")
+CLUSTER_ADMIN_PORTS=("${PORTICO_ADMIN_PORTS[@]}")
+portico_cluster_start p 3
+PORTICO_PIDS=("${CLUSTER_PIDS[@]}")
+PORTICO_LEADER_PID=$LEADER_PID
 log "portico: 3 voters, leader serves $LEADER_ADMIN"
 
 # ---------------------------------------------------------------------------------------

@@ -793,6 +793,11 @@ async fn upgrade_from(version: u64) {
     assert!(txn.open_table(LOG).is_err(), "the old log table is gone");
 }
 
+fn spawn_append(log: &LogStore, entries: Vec<Entry>) -> tokio::task::JoinHandle<()> {
+    let mut log = log.clone();
+    tokio::spawn(async move { log.blocking_append(entries).await.unwrap() })
+}
+
 /// Whether `task` is still running after a moment's wait.
 async fn still_running<T>(task: &tokio::task::JoinHandle<T>) -> bool {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -831,11 +836,7 @@ async fn a_leaders_entries_are_acknowledged_before_they_are_durable_but_not_appl
 
     // A membership entry is acknowledged only once durable, even from the leader.
     let change = membership(2, 5);
-    let append = tokio::spawn({
-        let mut log = log.clone();
-        let change = change.clone();
-        async move { log.blocking_append([change]).await }
-    });
+    let append = spawn_append(&log, vec![change.clone()]);
     assert!(
         still_running(&append).await,
         "a membership entry acknowledged early"
@@ -844,32 +845,20 @@ async fn a_leaders_entries_are_acknowledged_before_they_are_durable_but_not_appl
     drop(release);
     let (mut sm, applied) = tokio::time::timeout(within, apply).await.unwrap().unwrap();
     assert_eq!(applied, done([0, 1, 2, 3, 4]));
-    tokio::time::timeout(within, append)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(within, append).await.unwrap().unwrap();
     assert_eq!(durable.borrow().map(|d| d.index), Some(5));
 
     // A follower's entries are acknowledged only once durable.
     log.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
     let release = log.hold_writer();
     let last = normal(3, 6, put("c"));
-    let append = tokio::spawn({
-        let mut log = log.clone();
-        let last = last.clone();
-        async move { log.blocking_append([last]).await }
-    });
+    let append = spawn_append(&log, vec![last.clone()]);
     assert!(
         still_running(&append).await,
         "a follower acknowledged early"
     );
     drop(release);
-    tokio::time::timeout(within, append)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(within, append).await.unwrap().unwrap();
     assert_eq!(
         sm.apply(vec![change.clone(), last.clone()]).await.unwrap(),
         done([5, 6])
