@@ -218,3 +218,105 @@ fn backends_that_break_the_protocol_get_502_and_the_edge_keeps_serving() {
         assert_eq!(r.text(), "ok");
     });
 }
+
+/// An HTTPS backend (rustls, blocking) with a certificate for `localhost` from a test CA;
+/// returns its address and the CA in PEM. It answers every request with the length of the
+/// body it read (Content-Length bodies), slowly, so that a large upload fills the socket.
+fn tls_backend() -> (SocketAddr, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "portico test backend CA");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_pem = ca.self_signed(&ca_key).expect("CA certificate").pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().expect("backend key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .expect("backend params")
+        .signed_by(&key, &issuer)
+        .expect("backend certificate");
+    let key = rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = Arc::new(
+        rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key.into())
+            .expect("server config"),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(config).expect("TLS session");
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match tls.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; length];
+                    for piece in body.chunks_mut(16 * 1024) {
+                        std::thread::sleep(Duration::from_millis(2));
+                        if tls.read_exact(piece).is_err() {
+                            return;
+                        }
+                    }
+                    let answer = length.to_string();
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    if tls.write_all(response.as_bytes()).is_err() || tls.flush().is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, ca_pem)
+}
+
+#[test]
+fn https_backends_get_requests_and_large_bodies_whole() {
+    let (addr, ca_pem) = tls_backend();
+    let dir = common::TempDir::new("backend-ca");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).expect("write CA");
+    let config = PROXY.replace("http://{B}", &format!("https://localhost:{}", addr.port()));
+    let edge = Edge::builder(&config)
+        .workers(1)
+        .arg("--backend-ca", &ca_file.display().to_string())
+        .start();
+    let rt = runtime();
+    rt.block_on(async {
+        for _ in 0..3 {
+            let r = get(&edge, "api", "/s/small").await.unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(r.text(), "0");
+        }
+        // Larger than the socket buffers, so that TLS writes meet a full socket.
+        let big = common::pattern_body(9 * 1024 * 1024, 7);
+        let req = common::request(&edge, "POST", "api", "/s/upload", &[], big.clone());
+        let r = common::send(edge.addr, req).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), big.len().to_string());
+        let r = get(&edge, "api", "/s/after").await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    });
+}

@@ -128,7 +128,9 @@ pub enum SendError {
 }
 
 /// Writes the head and streams the body. Small bodies go out with the head in one write;
-/// whatever has been gathered is written whenever the client's body has nothing ready.
+/// whatever has been gathered is written and flushed whenever the client's body has nothing
+/// ready, and at the end. The flushes matter for TLS: a TLS stream may keep written data in its
+/// buffer when the socket is full, until it is flushed.
 pub async fn write_request<W, B>(
     io: &mut W,
     head: &[u8],
@@ -141,14 +143,16 @@ where
 {
     let write_err = |error, body_sent| SendError::Write { error, body_sent };
     if framing.is_empty() {
-        return io.write_all(head).await.map_err(|e| write_err(e, false));
+        io.write_all(head).await.map_err(|e| write_err(e, false))?;
+        return io.flush().await.map_err(|e| write_err(e, false));
     }
     let mut out = Vec::with_capacity(head.len() + 1024);
     out.extend_from_slice(head);
+    let mut unflushed = false;
     let mut sent: u64 = 0;
     loop {
         let next = poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
-            Poll::Pending if !out.is_empty() => Poll::Ready(Next::Flush),
+            Poll::Pending if !out.is_empty() || unflushed => Poll::Ready(Next::Flush),
             Poll::Pending => Poll::Pending,
             Poll::Ready(frame) => Poll::Ready(Next::Frame(frame)),
         })
@@ -158,7 +162,9 @@ where
                 io.write_all(&out)
                     .await
                     .map_err(|e| write_err(e, sent > 0))?;
+                io.flush().await.map_err(|e| write_err(e, sent > 0))?;
                 out.clear();
+                unflushed = false;
                 continue;
             }
             Next::Frame(None) => break,
@@ -182,6 +188,7 @@ where
             io.write_all(&out).await.map_err(|e| write_err(e, true))?;
             out.clear();
             io.write_all(&data).await.map_err(|e| write_err(e, true))?;
+            unflushed = true;
         } else {
             out.extend_from_slice(&data);
         }
@@ -194,12 +201,10 @@ where
         RequestFraming::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
         _ => {}
     }
-    if !out.is_empty() {
-        io.write_all(&out)
-            .await
-            .map_err(|e| write_err(e, sent > 0))?;
-    }
-    Ok(())
+    io.write_all(&out)
+        .await
+        .map_err(|e| write_err(e, sent > 0))?;
+    io.flush().await.map_err(|e| write_err(e, sent > 0))
 }
 
 enum Next {
