@@ -1,8 +1,9 @@
 //! Response bodies, and the hook that closes a request's books when its body is done.
 //!
 //! A response body may stream from the backend long after the pipeline returned, so the access
-//! log line, the metrics and the return of the backend connection to its pool all happen when
-//! the body is finished or dropped (a client that goes away mid-body still gets logged).
+//! log line and the metrics happen when the body is finished or dropped (a client that goes
+//! away mid-body still gets logged). The backend connection goes back to its pool on its own,
+//! as soon as the backend's body has been read ([`BackendBody`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use hyper::body::Incoming;
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::metrics::StageMetrics;
 use crate::server::ConnState;
-use crate::upstream::PooledConnection;
+use crate::upstream::{BackendBody, BackendBodyError};
 
 /// The body the request body becomes on its way to a backend.
 pub type UpstreamBody = http_body_util::Limited<Incoming>;
@@ -29,7 +30,7 @@ pub struct ResponseBody {
 
 enum Kind {
     Full(Option<Bytes>),
-    Backend(Incoming),
+    Backend(BackendBody),
 }
 
 /// Everything to do once the response is over.
@@ -40,7 +41,6 @@ pub struct Finish {
     pub metrics: Arc<StageMetrics>,
     pub access_log: AccessLog,
     pub connection: Arc<ConnState>,
-    pub backend: Option<PooledConnection>,
 }
 
 impl ResponseBody {
@@ -56,7 +56,7 @@ impl ResponseBody {
         ResponseBody::full(Bytes::new())
     }
 
-    pub fn backend(body: Incoming) -> ResponseBody {
+    pub fn backend(body: BackendBody) -> ResponseBody {
         ResponseBody {
             kind: Kind::Backend(body),
             finish: None,
@@ -70,12 +70,12 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BackendBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BackendBodyError>>> {
         let this = &mut *self;
         let polled = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -107,18 +107,11 @@ impl Body for ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         let Some(f) = self.finish.take() else { return };
-        let complete = self.is_end_stream();
         let latency = f.started.elapsed();
         f.metrics
             .observe(f.record.status, latency, f.record.integration_latency);
         f.access_log.record(&f.record, f.bytes, latency);
         f.connection.in_flight.fetch_sub(1, Relaxed);
         f.connection.touch();
-        if let Some(backend) = f.backend {
-            // A half-read backend response leaves its connection unusable.
-            if complete {
-                backend.release();
-            }
-        }
     }
 }

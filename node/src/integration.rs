@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, Request, Response, Version};
+use http::{HeaderMap, Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::{ResponseBody, UpstreamBody};
@@ -14,9 +14,10 @@ use crate::compile::{
 };
 use crate::error::IntegrationError;
 use crate::request_id::REQUEST_ID;
-use crate::upstream::PooledConnection;
+use crate::upstream::{BackendBody, RequestHead};
 use crate::worker::Worker;
 
+static HOST: HeaderName = header::HOST;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -35,10 +36,9 @@ pub struct CallContext<'a> {
     pub scheme: &'static str,
 }
 
-/// The integration's answer, and what the access log and the pool need from it.
+/// The integration's answer, and how long the backend took to answer.
 pub struct Outcome {
     pub response: Response<ResponseBody>,
-    pub backend: Option<PooledConnection>,
     pub latency: Option<Duration>,
 }
 
@@ -55,28 +55,26 @@ pub async fn call(
             drain(worker, req.into_body()).await?;
             Ok(Outcome {
                 response: mock_response(mock),
-                backend: None,
                 latency: None,
             })
         }
         CompiledIntegration::HttpProxy(call) => {
             let (parts, body) = req.into_parts();
-            let upstream = proxy_request(call, ctx, parts, limit(worker, body))?;
-            let (mut response, backend, latency) = send(worker, call, upstream).await?;
-            strip_hop_by_hop(response.headers_mut());
+            let upstream = proxy_request(call, ctx, parts)?;
+            // The backend client has already consumed the response's connection-level fields.
+            let (response, latency) = send(worker, call, upstream, limit(worker, body)).await?;
             Ok(Outcome {
                 response: response.map(ResponseBody::backend),
-                backend: Some(backend),
                 latency: Some(latency),
             })
         }
         CompiledIntegration::Http(http) => {
             let (parts, body) = req.into_parts();
-            let upstream = http_request(http, ctx, parts, limit(worker, body))?;
-            let (response, backend, latency) = send(worker, &http.call, upstream).await?;
+            let upstream = http_request(http, ctx, parts)?;
+            let (response, latency) =
+                send(worker, &http.call, upstream, limit(worker, body)).await?;
             Ok(Outcome {
                 response: map_http_response(http, response),
-                backend: Some(backend),
                 latency: Some(latency),
             })
         }
@@ -107,14 +105,31 @@ fn limit(worker: &Worker, body: Incoming) -> UpstreamBody {
     http_body_util::Limited::new(body, max)
 }
 
+/// A backend request before it is written.
+struct BackendRequest {
+    method: Method,
+    path: PathAndQuery,
+    /// Sent except for the fields `forwarded` sets.
+    headers: HeaderMap,
+    forwarded: Forwarded,
+}
+
 async fn send(
     worker: &Worker,
     call: &BackendCall,
-    req: Request<UpstreamBody>,
-) -> Result<(Response<Incoming>, PooledConnection, Duration), IntegrationError> {
+    req: BackendRequest,
+    body: UpstreamBody,
+) -> Result<(Response<BackendBody>, Duration), IntegrationError> {
     let started = Instant::now();
-    match tokio::time::timeout(call.timeout, worker.pool.send(&call.backend, req)).await {
-        Ok(Ok((response, backend))) => Ok((response, backend, started.elapsed())),
+    let fields = req.forwarded.fields();
+    let head = RequestHead {
+        method: &req.method,
+        path: req.path.as_str(),
+        headers: &req.headers,
+        set: &fields.0[..fields.1],
+    };
+    match tokio::time::timeout(call.timeout, worker.pool.send(&call.backend, head, body)).await {
+        Ok(Ok(response)) => Ok((response, started.elapsed())),
         Ok(Err(IntegrationError::BodyTooLarge { .. })) => Err(IntegrationError::BodyTooLarge {
             limit: worker.settings.max_body_bytes,
         }),
@@ -138,8 +153,7 @@ fn proxy_request(
     call: &BackendCall,
     ctx: &CallContext<'_>,
     parts: Parts,
-    body: UpstreamBody,
-) -> Result<Request<UpstreamBody>, IntegrationError> {
+) -> Result<BackendRequest, IntegrationError> {
     let Parts {
         method,
         uri,
@@ -148,15 +162,13 @@ fn proxy_request(
     } = parts;
     let original_host = original_host(&uri, &headers);
     strip_hop_by_hop(&mut headers);
-    headers.remove(header::HOST);
-    add_forwarding_headers(call, ctx, &mut headers, original_host);
-    let path = render_path(call, ctx, uri.query(), &[])?;
-    let mut req = Request::new(body);
-    *req.method_mut() = call.method.clone().unwrap_or(method);
-    *req.uri_mut() = path.into();
-    *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = headers;
-    Ok(req)
+    let forwarded = Forwarded::new(call, ctx, &headers, original_host);
+    Ok(BackendRequest {
+        method: call.method.clone().unwrap_or(method),
+        path: render_path(call, ctx, uri.query(), &[])?,
+        headers,
+        forwarded,
+    })
 }
 
 /// `http`: a new request carrying only the mapped parameters and the body.
@@ -164,8 +176,7 @@ fn http_request(
     http: &HttpCall,
     ctx: &CallContext<'_>,
     parts: Parts,
-    body: UpstreamBody,
-) -> Result<Request<UpstreamBody>, IntegrationError> {
+) -> Result<BackendRequest, IntegrationError> {
     let client = &parts.headers;
     let mut headers = HeaderMap::new();
     for name in [
@@ -217,16 +228,16 @@ fn http_request(
         })
         .collect();
     let original_host = original_host(&parts.uri, client);
-    add_forwarding_headers(&http.call, ctx, &mut headers, original_host);
-    let path = render_path(&http.call, ctx, None, &query)?;
-    let mut req = Request::new(body);
-    *req.method_mut() = http.call.method.clone().unwrap_or(parts.method);
-    *req.uri_mut() = path.into();
-    *req.headers_mut() = headers;
-    Ok(req)
+    let forwarded = Forwarded::new(&http.call, ctx, &headers, original_host);
+    Ok(BackendRequest {
+        method: http.call.method.clone().unwrap_or(parts.method),
+        path: render_path(&http.call, ctx, None, &query)?,
+        headers,
+        forwarded,
+    })
 }
 
-fn map_http_response(http: &HttpCall, response: Response<Incoming>) -> Response<ResponseBody> {
+fn map_http_response(http: &HttpCall, response: Response<BackendBody>) -> Response<ResponseBody> {
     let (parts, body) = response.into_parts();
     let status = parts.status.as_str();
     let mapping = http
@@ -265,37 +276,56 @@ fn original_host(uri: &http::Uri, headers: &HeaderMap) -> Option<HeaderValue> {
     }
 }
 
-fn add_forwarding_headers(
-    call: &BackendCall,
-    ctx: &CallContext<'_>,
-    headers: &mut HeaderMap,
-    original_host: Option<HeaderValue>,
-) {
-    headers.insert(header::HOST, call.backend.host_header.clone());
-    // Every X-Forwarded-For field the client sent is kept, in order, then this hop's client.
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
-        None => Some(ctx.client_ip.clone()),
-        Some(_) => {
-            let mut chain: Vec<&[u8]> = headers
-                .get_all(&X_FORWARDED_FOR)
-                .iter()
-                .map(HeaderValue::as_bytes)
-                .collect();
-            chain.push(ctx.client_ip.as_bytes());
-            HeaderValue::from_bytes(&chain.join(&b", "[..])).ok()
+/// The fields this hop sets on a backend request, in place of any the client sent.
+struct Forwarded {
+    host: HeaderValue,
+    /// Every X-Forwarded-For field the client sent, in order, then this hop's client.
+    forwarded_for: HeaderValue,
+    proto: HeaderValue,
+    request_id: HeaderValue,
+    forwarded_host: Option<HeaderValue>,
+}
+
+impl Forwarded {
+    fn new(
+        call: &BackendCall,
+        ctx: &CallContext<'_>,
+        headers: &HeaderMap,
+        original_host: Option<HeaderValue>,
+    ) -> Forwarded {
+        let mut chain = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+        let forwarded_for = match chain.peek() {
+            None => ctx.client_ip.clone(),
+            Some(_) => {
+                let mut joined: Vec<&[u8]> = chain.map(HeaderValue::as_bytes).collect();
+                joined.push(ctx.client_ip.as_bytes());
+                HeaderValue::from_bytes(&joined.join(&b", "[..]))
+                    .unwrap_or_else(|_| ctx.client_ip.clone())
+            }
+        };
+        Forwarded {
+            host: call.backend.host_header.clone(),
+            forwarded_for,
+            proto: HeaderValue::from_static(ctx.scheme),
+            request_id: ctx.request_id.clone(),
+            forwarded_host: original_host,
         }
-    };
-    if let Some(v) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(ctx.scheme),
-    );
-    if let Some(host) = original_host {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+
+    /// The fields as (name, value) pairs: the first `.1` of the array.
+    fn fields(&self) -> ([(&'static HeaderName, &HeaderValue); 5], usize) {
+        let fields = [
+            (&HOST, &self.host),
+            (&X_FORWARDED_FOR, &self.forwarded_for),
+            (&X_FORWARDED_PROTO, &self.proto),
+            (&REQUEST_ID, &self.request_id),
+            (
+                &X_FORWARDED_HOST,
+                self.forwarded_host.as_ref().unwrap_or(&self.host),
+            ),
+        ];
+        (fields, if self.forwarded_host.is_some() { 5 } else { 4 })
     }
-    headers.insert(REQUEST_ID.clone(), ctx.request_id.clone());
 }
 
 /// Connection-level headers never cross a proxy (RFC 9110 §7.6.1), including any that the

@@ -28,14 +28,12 @@ use crate::error::{GatewayError, RouteError, gateway_response};
 use crate::integration::{self, CallContext};
 use crate::request_id::{self, REQUEST_ID};
 use crate::server::{ConnState, Listener};
-use crate::upstream::PooledConnection;
 use crate::worker::Worker;
 
 /// What the phases learn about a request, for the response and the access log.
 struct Exchange {
     record: AccessRecord,
     stage: Option<Arc<CompiledStage>>,
-    backend: Option<PooledConnection>,
 }
 
 /// hyper's entry point for every request on every connection.
@@ -68,7 +66,6 @@ pub async fn handle(
             error_type: None,
         },
         stage: None,
-        backend: None,
     };
 
     let mut response = match run(&worker, &config, &conn, &mut exchange, req).await {
@@ -95,7 +92,6 @@ pub async fn handle(
         metrics,
         access_log: worker.access_log.clone(),
         connection: conn,
-        backend: exchange.backend,
     }));
     Ok(response)
 }
@@ -128,7 +124,6 @@ async fn run(
     };
     let outcome = integration::call(worker, &route.integration, &ctx, req).await?;
     exchange.record.integration_latency = outcome.latency;
-    exchange.backend = outcome.backend;
 
     // Phase 4 — respond.
     Ok(outcome.response)

@@ -1,25 +1,33 @@
-//! Keep-alive connections to backends, one pool per worker thread.
+//! Keep-alive connections to backends, one pool per worker thread, and the HTTP/1.1 exchange
+//! on them ([`http1`]).
 //!
 //! Each worker runs its own single-threaded runtime, so its pool is only ever touched from one
 //! thread (the mutex is never contended) and a connection's I/O stays on the core that uses it.
-//! Built on hyper's `client::conn::http1` directly: the pool key is precomputed at config
-//! compile time, and no URI is re-parsed per request.
+//! A request is written and its response read by the request's own task; the response body
+//! ([`BackendBody`]) owns the connection while it streams and puts it back into the pool when
+//! its last byte has been read. The pool key is precomputed at config compile time.
 
-use std::error::Error as _;
+mod http1;
+
+use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use bytes::{Bytes, BytesMut};
+use http::Response;
+use http_body::{Body, Frame, SizeHint};
 use rustc_hash::FxHashMap;
 use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::body::UpstreamBody;
 use crate::compile::Backend;
 use crate::error::IntegrationError;
+pub use http1::RequestHead;
+use http1::{Decoded, Decoder, ProtocolError, SendError};
 
 /// Idle connections kept per backend per worker.
 const MAX_IDLE_PER_BACKEND: usize = 256;
@@ -31,22 +39,19 @@ pub struct UpstreamPool {
 }
 
 struct Idle {
-    sender: SendRequest<UpstreamBody>,
+    conn: Connection,
     since: Instant,
 }
 
-/// A connection on loan for one request; [`PooledConnection::release`] gives it back once the
-/// response body has been read to the end.
-pub struct PooledConnection {
-    pool: Arc<UpstreamPool>,
-    key: Arc<str>,
-    sender: SendRequest<UpstreamBody>,
+/// One backend connection and the bytes read from it but not yet consumed.
+struct Connection {
+    io: Stream,
+    buf: BytesMut,
 }
 
-impl PooledConnection {
-    pub fn release(self) {
-        self.pool.put(self.key, self.sender);
-    }
+enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl UpstreamPool {
@@ -58,81 +63,131 @@ impl UpstreamPool {
         }
     }
 
-    /// Sends `req` on a pooled connection, or a new one. A pooled connection that turns out to
-    /// be closed gets the request back unsent from hyper; it is then sent once more on a fresh
-    /// connection, so backend keep-alive expiry never surfaces as a client error.
+    /// Sends `req` on a pooled connection, or a new one, and reads the response head. A pooled
+    /// connection the backend closed while it was idle fails before any response byte; the
+    /// request is then sent once more on a fresh connection if that is safe (see below), so
+    /// backend keep-alive expiry never surfaces as a client error.
     pub async fn send(
         self: &Arc<Self>,
         backend: &Backend,
-        mut req: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, PooledConnection), IntegrationError> {
+        head: RequestHead<'_>,
+        mut body: UpstreamBody,
+    ) -> Result<Response<BackendBody>, IntegrationError> {
+        let framing = http1::request_framing(head.method, head.headers, body.is_end_stream())
+            .map_err(|reason| IntegrationError::ClientBody {
+                reason: reason.into(),
+            })?;
+        let head_request = *head.method == http::Method::HEAD;
+        let idempotent = head.method.is_idempotent();
+        let head = {
+            let mut bytes = Vec::with_capacity(512);
+            http1::encode_head(&mut bytes, &head, framing);
+            bytes
+        };
+
         let mut pooled = self.checkout(&backend.key);
         loop {
             let reused = pooled.is_some();
-            let mut sender = match pooled.take() {
-                Some(s) => s,
+            let mut conn = match pooled.take() {
+                Some(c) => c,
                 // Boxed: the TLS handshake makes this future large, and it is the rare path.
                 None => Box::pin(self.connect(backend)).await?,
             };
-            if sender.ready().await.is_err() && reused {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let conn = PooledConnection {
-                        pool: self.clone(),
-                        key: backend.key.clone(),
-                        sender,
-                    };
-                    return Ok((resp, conn));
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => req = unsent,
-                    _ => return Err(classify(backend, e.into_error())),
+            let failure = match http1::write_request(&mut conn.io, &head, &mut body, framing).await
+            {
+                Ok(()) => match conn.read_head(head_request).await {
+                    Ok(head) => return Ok(self.response(backend, conn, head)),
+                    // The request went out whole, and the backend may have seen it before it
+                    // closed: only a bodiless request of an idempotent method goes again (as
+                    // nginx's proxy_next_upstream does by default).
+                    Err(ReadError::Closed(reason)) => Failure::Stale {
+                        reason,
+                        replayable: framing.is_empty() && idempotent,
+                    },
+                    Err(ReadError::Io(e)) => Failure::Backend(e.to_string()),
+                    Err(ReadError::Protocol(e)) => Failure::Backend(e.to_string()),
                 },
+                Err(SendError::Write { error, body_sent }) => Failure::Stale {
+                    reason: error.to_string(),
+                    replayable: !body_sent,
+                },
+                Err(SendError::Body(e)) => return Err(client_body_error(e)),
+                Err(SendError::BodyLength) => {
+                    return Err(IntegrationError::ClientBody {
+                        reason: "the body does not match its Content-Length".into(),
+                    });
+                }
+            };
+            match failure {
+                Failure::Stale {
+                    replayable: true, ..
+                } if reused => continue,
+                Failure::Stale { reason, .. } | Failure::Backend(reason) => {
+                    return Err(IntegrationError::Backend {
+                        backend: backend.key.to_string(),
+                        reason,
+                    });
+                }
             }
         }
     }
 
-    fn checkout(&self, key: &str) -> Option<SendRequest<UpstreamBody>> {
+    fn response(
+        self: &Arc<Self>,
+        backend: &Backend,
+        conn: Connection,
+        head: http1::Head,
+    ) -> Response<BackendBody> {
+        let http1::Head {
+            parts,
+            framing,
+            reusable,
+        } = head;
+        let mut body = BackendBody {
+            conn: Some(conn),
+            decoder: framing,
+            release: reusable.then(|| (self.clone(), backend.key.clone())),
+        };
+        if body.decoder == Decoder::Done {
+            body.finish();
+        }
+        Response::from_parts(parts, body)
+    }
+
+    fn checkout(&self, key: &str) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(key)?;
-        while let Some(c) = list.pop() {
-            if c.sender.is_ready() && c.since.elapsed() < self.idle_timeout {
-                return Some(c.sender);
+        while let Some(mut c) = list.pop() {
+            if c.since.elapsed() < self.idle_timeout && c.conn.is_quiet() {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    fn put(&self, key: Arc<str>, sender: SendRequest<UpstreamBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn put(&self, key: Arc<str>, conn: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.entry(key).or_default();
         if list.len() >= MAX_IDLE_PER_BACKEND {
             list.remove(0);
         }
         list.push(Idle {
-            sender,
+            conn,
             since: Instant::now(),
         });
     }
 
-    /// Drops connections idle for longer than the idle timeout; run periodically.
+    /// Drops connections idle for longer than the idle timeout or closed by the backend; run
+    /// periodically.
     pub fn sweep(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         for list in idle.values_mut() {
-            list.retain(|c| !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout);
+            list.retain_mut(|c| c.since.elapsed() < self.idle_timeout && c.conn.is_quiet());
         }
         idle.retain(|_, l| !l.is_empty());
     }
 
-    async fn connect(
-        &self,
-        backend: &Backend,
-    ) -> Result<SendRequest<UpstreamBody>, IntegrationError> {
+    async fn connect(&self, backend: &Backend) -> Result<Connection, IntegrationError> {
         let port = backend
             .authority
             .port_u16()
@@ -148,7 +203,7 @@ impl UpstreamPool {
                     reason: e.to_string(),
                 })?;
         let _ = tcp.set_nodelay(true);
-        let handshake = if backend.https {
+        let io = if backend.https {
             let name =
                 ServerName::try_from(host.to_string()).map_err(|e| IntegrationError::Connect {
                     backend: backend.key.to_string(),
@@ -162,63 +217,225 @@ impl UpstreamPool {
                     backend: backend.key.to_string(),
                     reason: format!("TLS handshake failed: {e}"),
                 })?;
-            spawn_connection(http1::handshake(TokioIo::new(tls)).await)
+            Stream::Tls(Box::new(tls))
         } else {
-            spawn_connection(http1::handshake(TokioIo::new(tcp)).await)
+            Stream::Tcp(tcp)
         };
-        handshake.map_err(|e| IntegrationError::Connect {
-            backend: backend.key.to_string(),
-            reason: e.to_string(),
+        Ok(Connection {
+            io,
+            buf: BytesMut::with_capacity(8 * 1024),
         })
     }
 }
 
-fn spawn_connection<C>(
-    handshake: hyper::Result<(SendRequest<UpstreamBody>, C)>,
-) -> hyper::Result<SendRequest<UpstreamBody>>
-where
-    C: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
-{
-    let (sender, conn) = handshake?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "backend connection closed with an error");
-        }
-    });
-    Ok(sender)
+enum Failure {
+    /// Writing failed, or the backend closed or reset the connection before answering
+    /// anything: a pooled connection it had given up on. `replayable`: none of the client's
+    /// body was taken yet, so the request can be sent again.
+    Stale {
+        reason: String,
+        replayable: bool,
+    },
+    Backend(String),
 }
 
-/// Tells a request body that broke the size limit, and one the client broke off, from a
-/// failing backend. hyper reports errors of the body it was sending as "user" errors.
-fn classify(backend: &Backend, e: hyper::Error) -> IntegrationError {
-    let mut source = e.source();
-    while let Some(s) = source {
-        if s.is::<http_body_util::LengthLimitError>() {
-            // The caller knows the limit and fills it in.
-            return IntegrationError::BodyTooLarge { limit: 0 };
+enum ReadError {
+    /// The connection closed or was reset before the first byte of a response.
+    Closed(String),
+    Io(io::Error),
+    Protocol(ProtocolError),
+}
+
+fn reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// The size limit (from `http_body_util::Limited`) and a client that broke off its upload,
+/// told apart; the caller fills in the limit.
+fn client_body_error(e: Box<dyn std::error::Error + Send + Sync>) -> IntegrationError {
+    if e.is::<http_body_util::LengthLimitError>() {
+        IntegrationError::BodyTooLarge { limit: 0 }
+    } else {
+        IntegrationError::ClientBody {
+            reason: e.to_string(),
         }
-        source = s.source();
-    }
-    match e.source() {
-        Some(s) if e.is_user() => IntegrationError::ClientBody {
-            reason: s.to_string(),
-        },
-        _ => IntegrationError::Backend {
-            backend: backend.key.to_string(),
-            reason: describe(&e),
-        },
     }
 }
 
-fn describe(e: &hyper::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
+impl Connection {
+    /// True when nothing has arrived on an idle connection: no data and no close. Tokio keeps
+    /// the socket's readiness, so this costs no system call unless the socket became readable.
+    fn is_quiet(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut read = ReadBuf::new(&mut probe);
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut read),
+            Poll::Pending
+        )
     }
-    s
+
+    async fn read_head(&mut self, head_request: bool) -> Result<http1::Head, ReadError> {
+        let mut received = !self.buf.is_empty();
+        loop {
+            if received
+                && let Some(head) =
+                    http1::parse_head(&mut self.buf, head_request).map_err(ReadError::Protocol)?
+            {
+                return Ok(head);
+            }
+            let read =
+                std::future::poll_fn(|cx| http1::poll_read_buf(&mut self.io, &mut self.buf, cx))
+                    .await;
+            match read {
+                Ok(0) if received => return Err(ReadError::Protocol(ProtocolError::Truncated)),
+                Ok(0) => return Err(ReadError::Closed("closed the connection".into())),
+                Ok(_) => received = true,
+                Err(e) if !received && reset(&e) => return Err(ReadError::Closed(e.to_string())),
+                Err(e) => return Err(ReadError::Io(e)),
+            }
+        }
+    }
+}
+
+/// A backend response body, decoded as it is read. It holds the connection while it streams
+/// and returns it to the pool once the last byte is in, if the response allows reuse and
+/// nothing follows it; a body dropped half-read drops its connection.
+pub struct BackendBody {
+    conn: Option<Connection>,
+    decoder: Decoder,
+    release: Option<(Arc<UpstreamPool>, Arc<str>)>,
+}
+
+/// A backend body that could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendBodyError {
+    #[error("reading the backend's response body failed: {0}")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+impl BackendBody {
+    fn finish(&mut self) {
+        self.decoder = Decoder::Done;
+        if let (Some(conn), Some((pool, key))) = (self.conn.take(), self.release.take())
+            && conn.buf.is_empty()
+        {
+            pool.put(key, conn);
+        }
+    }
+}
+
+impl Body for BackendBody {
+    type Data = Bytes;
+    type Error = BackendBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BackendBodyError>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.decoder.decode(&mut conn.buf) {
+                Ok(Decoded::Data(data)) => {
+                    if this.decoder == Decoder::Done {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+            match http1::poll_read_buf(&mut conn.io, &mut conn.buf, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) if this.decoder == Decoder::Eof => {
+                    this.release = None;
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(ProtocolError::Truncated.into())));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decoder == Decoder::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder {
+            Decoder::Length(n) => SizeHint::with_exact(n),
+            Decoder::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, data),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 /// Trust for HTTPS backends: the Mozilla roots plus any operator-supplied CA certificates.
