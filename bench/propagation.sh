@@ -43,7 +43,7 @@
 #   CONTROL_NODES  3 (default) or 1
 #   COLD_REPS      cold starts (default 20; 0 skips the cold-start phase)
 #   ENROL_BATCH    new edges started at once; each batch enrols before the next (default 16)
-#   PORTICO_BIN    use this binary instead of building target/release/portico
+#   PORTICO_BIN    use this binary instead of building target/dist/portico
 #   BENCH_TMPDIR   where the nodes and edges keep their data (default /var/tmp; a real disk, not
 #                  tmpfs: control nodes and edges fsync)
 #   RUN_TIMEOUT    seconds allowed per load run (default 900)
@@ -89,12 +89,12 @@ if [ -n "${PORTICO_BIN:-}" ]; then
   [ -x "$PORTICO_BIN" ] || die "PORTICO_BIN=$PORTICO_BIN is not executable"
   BUILT="prebuilt $PORTICO_BIN"
 else
-  log "building portico (cargo build --release)"
-  (cd "$REPO_ROOT" && cargo build --release >&2)
+  log "building portico (cargo build --profile dist)"
+  (cd "$REPO_ROOT" && cargo build --profile dist >&2)
   target_dir=${CARGO_TARGET_DIR:-target}
   case $target_dir in /*) ;; *) target_dir="$REPO_ROOT/$target_dir" ;; esac
-  PORTICO_BIN="$target_dir/release/portico"
-  BUILT="cargo build --release at $(cd "$REPO_ROOT" && git rev-parse --short HEAD)"
+  PORTICO_BIN="$target_dir/dist/portico"
+  BUILT="cargo build --profile dist at $(cd "$REPO_ROOT" && git rev-parse --short HEAD)"
   if [ -n "$(cd "$REPO_ROOT" && git status --porcelain -- src node control proto Cargo.toml Cargo.lock)" ]; then
     BUILT+=" plus uncommitted changes"
   fi

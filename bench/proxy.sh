@@ -13,7 +13,7 @@
 #   LAT_ROUNDS    fixed-rate latency rounds (default 2)
 #   LAT_DURATION  seconds per fixed-rate run (default 15)
 #   LAT_RATE      fixed rate in req/s (default: half the median nginx-proxy saturation req/s)
-#   PORTICO_BIN   use this binary instead of building target/release/portico
+#   PORTICO_BIN   use this binary instead of building target/dist/portico
 #   SKIP_PORTICO  1 = only direct and nginx (no build, no Portico)
 #   FORCE_H2LOAD  1 = use the h2load fallback for the fixed-rate phase even if oha is available
 set -euo pipefail
@@ -390,9 +390,9 @@ if [ "$SKIP_PORTICO" != 1 ]; then
     PORTICO_REV="$PORTICO_REV + uncommitted changes"
   fi
   if [ -z "${PORTICO_BIN:-}" ]; then
-    log "building Portico: cargo build --release (in $REPO_ROOT)"
-    (cd "$REPO_ROOT" && cargo build --release >&2)
-    PORTICO_BIN="$REPO_ROOT/target/release/portico"
+    log "building Portico: cargo build --profile dist (in $REPO_ROOT)"
+    (cd "$REPO_ROOT" && cargo build --profile dist >&2)
+    PORTICO_BIN="$REPO_ROOT/target/dist/portico"
     PORTICO_REV="built from $PORTICO_REV"
   else
     PORTICO_REV="prebuilt PORTICO_BIN; repo is at $PORTICO_REV"

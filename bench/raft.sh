@@ -26,7 +26,7 @@
 #                 writes cycle over K objects (updates whose content differs per write), so the
 #                 stored state stays small: isolates replication and storage from costs that
 #                 grow with the number of stored objects
-#   PORTICO_BIN   use this binary instead of building target/release/portico
+#   PORTICO_BIN   use this binary instead of building target/dist/portico
 #   BENCH_TMPDIR  where the clusters keep their data (default /var/tmp; must be a real disk,
 #                 not tmpfs, or fsync costs nothing)
 #   STRACE        1 = afterwards, count the syscalls of each leader (strace -c -f) over 300
@@ -77,11 +77,11 @@ if [ "$STRACE" = 1 ]; then command -v strace >/dev/null 2>&1 || die "strace not 
 if [ -n "${PORTICO_BIN:-}" ]; then
   [ -x "$PORTICO_BIN" ] || die "PORTICO_BIN=$PORTICO_BIN is not executable"
 else
-  log "building portico (cargo build --release)"
-  (cd "$REPO_ROOT" && cargo build --release >&2)
+  log "building portico (cargo build --profile dist)"
+  (cd "$REPO_ROOT" && cargo build --profile dist >&2)
   target_dir=${CARGO_TARGET_DIR:-target}
   case $target_dir in /*) ;; *) target_dir="$REPO_ROOT/$target_dir" ;; esac
-  PORTICO_BIN="$target_dir/release/portico"
+  PORTICO_BIN="$target_dir/dist/portico"
 fi
 
 # ---------------------------------------------------------------------------------------

@@ -13,6 +13,11 @@ mod synced_edge;
 
 use clap::Parser;
 
+// The edge allocates and frees small buffers on every request from one thread per core;
+// mimalloc's thread-local free lists do that in fewer instructions than glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     // quinn and rcgen pull in ring, rustls may pull in aws-lc-rs: pick one for the process
     // before anything builds a TLS config.
