@@ -7,7 +7,7 @@
 //! ([`BackendBody`]) owns the connection while it streams and puts it back into the pool when
 //! its last byte has been read. The pool key is precomputed at config compile time.
 
-mod http1;
+pub(crate) mod http1;
 
 use std::io;
 use std::pin::Pin;
@@ -93,7 +93,7 @@ impl UpstreamPool {
                 // Boxed: the TLS handshake makes this future large, and it is the rare path.
                 None => Box::pin(self.connect(backend)).await?,
             };
-            let failure = match http1::write_request(&mut conn.io, &head, &mut body, framing).await
+            let failure = match http1::write_message(&mut conn.io, &head, &mut body, framing).await
             {
                 Ok(()) => match conn.read_head(head_request).await {
                     Ok(head) => return Ok(self.response(backend, conn, head)),
