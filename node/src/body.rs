@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::metrics::StageMetrics;
 use crate::server::ConnState;
-use crate::upstream::{BackendBody, BackendBodyError};
+use crate::upstream::{BackendBody, BackendBodyError, RawFields};
 
 /// The body the request body becomes on its way to a backend.
 pub type UpstreamBody = http_body_util::Limited<RequestBody>;
@@ -103,6 +103,22 @@ impl ResponseBody {
 
     pub fn set_finish(&mut self, finish: Box<Finish>) {
         self.finish = Some(finish);
+    }
+
+    /// A proxied response's fields as the backend sent them, when they are not in the
+    /// response's header map ([`BackendBody::fields`]).
+    pub fn backend_fields(&self) -> Option<&RawFields> {
+        match &self.kind {
+            Kind::Backend(body) => body.fields(),
+            Kind::Full(_) => None,
+        }
+    }
+
+    /// Moves a proxied response's fields into `headers` (HTTP/2 needs a header map).
+    pub fn move_fields_into(&mut self, headers: &mut http::HeaderMap) {
+        if let Kind::Backend(body) = &mut self.kind {
+            body.move_fields_into(headers);
+        }
     }
 }
 

@@ -237,7 +237,9 @@ fn http_request(
 }
 
 fn map_http_response(http: &HttpCall, response: Response<BackendBody>) -> Response<ResponseBody> {
-    let (parts, body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
+    // The mappings read the backend's fields; none of them is passed on otherwise.
+    body.move_fields_into(&mut parts.headers);
     let status = parts.status.as_str();
     let mapping = http
         .responses

@@ -511,7 +511,16 @@ async fn serve_http(
     let service = {
         let state = state.clone();
         service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            pipeline::handle(worker.clone(), state.clone(), req.map(RequestBody::Http2))
+            let answer =
+                pipeline::handle(worker.clone(), state.clone(), req.map(RequestBody::Http2));
+            async move {
+                let mut response = answer.await?;
+                // hyper writes the fields from the header map only.
+                let (mut parts, mut body) = response.into_parts();
+                body.move_fields_into(&mut parts.headers);
+                response = http::Response::from_parts(parts, body);
+                Ok::<_, std::convert::Infallible>(response)
+            }
         })
     };
     let conn = h2.serve_connection(io, service);

@@ -26,8 +26,8 @@ use tokio::net::TcpStream;
 use crate::body::UpstreamBody;
 use crate::compile::Backend;
 use crate::error::IntegrationError;
-pub use http1::RequestHead;
 use http1::{Decoded, Decoder, ProtocolError, SendError};
+pub use http1::{RawFields, RequestHead};
 
 /// Idle connections kept per backend per worker.
 const MAX_IDLE_PER_BACKEND: usize = 256;
@@ -140,10 +140,12 @@ impl UpstreamPool {
     ) -> Response<BackendBody> {
         let http1::Head {
             parts,
+            fields,
             framing,
             reusable,
         } = head;
         let mut body = BackendBody {
+            fields: Some(fields),
             conn: Some(conn),
             decoder: framing,
             release: reusable.then(|| (self.clone(), backend.key.clone())),
@@ -310,6 +312,8 @@ impl Connection {
 /// and returns it to the pool once the last byte is in, if the response allows reuse and
 /// nothing follows it; a body dropped half-read drops its connection.
 pub struct BackendBody {
+    /// The response's fields, until they are written or moved into a header map.
+    fields: Option<RawFields>,
     conn: Option<Connection>,
     decoder: Decoder,
     release: Option<(Arc<UpstreamPool>, Arc<str>)>,
@@ -325,6 +329,19 @@ pub enum BackendBodyError {
 }
 
 impl BackendBody {
+    /// The backend's end-to-end response fields, unless they were moved into a header map.
+    pub fn fields(&self) -> Option<&RawFields> {
+        self.fields.as_ref()
+    }
+
+    /// Moves the backend's fields into `headers`, for code that needs a header map; fields
+    /// `headers` already has are the caller's own and stay as they are.
+    pub fn move_fields_into(&mut self, headers: &mut http::HeaderMap) {
+        if let Some(fields) = self.fields.take() {
+            fields.append_to(headers);
+        }
+    }
+
     fn finish(&mut self) {
         self.decoder = Decoder::Done;
         if let (Some(conn), Some((pool, key))) = (self.conn.take(), self.release.take())

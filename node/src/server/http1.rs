@@ -345,23 +345,24 @@ fn encode_head(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    // The framing and connection fields are this hop's own; the response's Content-Length is
-    // kept when it is a number (it may differ from the body's for a HEAD request).
-    let mut dated = false;
-    let mut declared = None;
+    let mut fields = Fields::default();
     for (name, value) in &parts.headers {
-        if *name == header::CONTENT_LENGTH {
-            declared = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            continue;
-        }
-        if *name == header::CONNECTION || *name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        dated |= *name == header::DATE;
-        field(out, name.as_str().as_bytes(), value.as_bytes());
+        fields.write(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    // A proxied response's fields, straight from the backend's head; the gateway's own (in the
+    // header map) replace the backend's of the same name.
+    if let Some(raw) = body.backend_fields() {
+        for (name, value) in raw.iter() {
+            if !parts
+                .headers
+                .keys()
+                .any(|own| own.as_str().as_bytes().eq_ignore_ascii_case(name))
+            {
+                fields.write(out, name, value);
+            }
+        }
+    }
+    let Fields { dated, declared } = fields;
     if !dated {
         date(out);
     }
@@ -406,6 +407,35 @@ fn encode_head(
     }
     out.extend_from_slice(b"\r\n");
     (framing, keep_alive)
+}
+
+/// What the response head's fields say about its framing.
+#[derive(Default)]
+struct Fields {
+    dated: bool,
+    /// The response's Content-Length, when it is a number; kept as it is, since it may differ
+    /// from the body's (a HEAD request).
+    declared: Option<u64>,
+}
+
+impl Fields {
+    /// Writes a response field, except the framing and connection fields, which are this
+    /// hop's own (Content-Length is noted, and written with the framing).
+    fn write(&mut self, out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        match name.len() {
+            14 if is("content-length") => {
+                self.declared = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                return;
+            }
+            10 | 17 if is("connection") || is("transfer-encoding") => return,
+            4 if is("date") => self.dated = true,
+            _ => {}
+        }
+        field(out, name, value);
+    }
 }
 
 /// The answer to a refused head: no body, and the connection closes.

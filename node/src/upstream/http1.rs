@@ -238,8 +238,10 @@ pub enum ProtocolError {
 pub struct Head {
     /// The response without its connection-level fields (RFC 9110 §7.6.1): `Connection`, the
     /// fields it names, `Keep-Alive`, `Transfer-Encoding` and the like describe this
-    /// connection and are consumed here, never forwarded.
+    /// connection and are consumed here, never forwarded. Its header map is empty: the
+    /// fields are in `fields`.
     pub parts: http::response::Parts,
+    pub fields: RawFields,
     pub framing: Decoder,
     /// The connection may carry another request once this response's body is read.
     pub reusable: bool,
@@ -262,47 +264,94 @@ pub(crate) struct Framing {
 }
 
 impl Framing {
-    /// Takes in a connection-level field; false if `name` is an end-to-end one.
-    pub fn consume(&mut self, name: &HeaderName, value: &[u8]) -> bool {
-        if *name == header::CONTENT_LENGTH {
-            for item in value.split(|&b| b == b',') {
-                let item = item.trim_ascii();
-                let n = std::str::from_utf8(item)
-                    .ok()
-                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|s| s.parse::<u64>().ok());
-                match n {
-                    Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
-                    _ => self.bad_length = true,
+    /// Takes in a connection-level field; false if `name` (any case) is an end-to-end one.
+    pub fn consume(&mut self, name: &[u8], value: &[u8]) -> bool {
+        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        // By length first: most fields are none of these, and are told so by one comparison.
+        match name.len() {
+            14 if is("content-length") => {
+                for item in value.split(|&b| b == b',') {
+                    let item = item.trim_ascii();
+                    let n = std::str::from_utf8(item)
+                        .ok()
+                        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|s| s.parse::<u64>().ok());
+                    match n {
+                        Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
+                        _ => self.bad_length = true,
+                    }
                 }
+                // End-to-end: the client needs it as much as this hop does.
+                false
             }
-            // End-to-end: the client needs it as much as this hop does.
-            return false;
-        }
-        if *name == header::TRANSFER_ENCODING {
-            self.transfer_encoding = true;
-            self.chunked_last = last_token_is(value, b"chunked");
-            self.codings += tokens(value).filter(|t| !t.is_empty()).count();
-        } else if *name == header::CONNECTION {
-            for token in tokens(value).filter(|t| !t.is_empty()) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    self.close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    self.keep_alive = true;
-                } else if let Ok(named) = HeaderName::from_bytes(token) {
-                    self.named.push(named);
+            17 if is("transfer-encoding") => {
+                self.transfer_encoding = true;
+                self.chunked_last = last_token_is(value, b"chunked");
+                self.codings += tokens(value).filter(|t| !t.is_empty()).count();
+                true
+            }
+            10 if is("connection") => {
+                for token in tokens(value).filter(|t| !t.is_empty()) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        self.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        self.keep_alive = true;
+                    } else if let Ok(named) = HeaderName::from_bytes(token) {
+                        self.named.push(named);
+                    }
                 }
+                true
             }
-        } else if !(*name == header::TE
-            || *name == header::TRAILER
-            || *name == header::UPGRADE
-            || *name == header::PROXY_AUTHENTICATE
-            || name.as_str() == "keep-alive"
-            || name.as_str() == "proxy-connection")
-        {
-            return false;
+            2 | 7 | 10 | 16 | 18 => {
+                is("te")
+                    || is("trailer")
+                    || is("upgrade")
+                    || is("keep-alive")
+                    || is("proxy-connection")
+                    || is("proxy-authenticate")
+            }
+            _ => false,
         }
-        true
+    }
+
+    /// Whether `Connection` named this field, which then goes no further.
+    fn named(&self, name: &[u8]) -> bool {
+        self.named
+            .iter()
+            .any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+    }
+}
+
+/// A response's end-to-end fields as the backend sent them: spans of its head, written to a
+/// client as they are. A `HeaderMap` is built only where one is needed (HTTP/2, the `http`
+/// integration's mappings): for a proxied HTTP/1.1 response it cost more than parsing the head.
+pub struct RawFields {
+    head: Bytes,
+    spans: Vec<Span>,
+}
+
+impl RawFields {
+    /// (name, value) pairs, names in the backend's case.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans
+            .iter()
+            .map(|&(ns, ne, vs, ve)| (&self.head[ns..ne], &self.head[vs..ve]))
+    }
+
+    /// Appends the fields to `map`, except those `map` already has (the gateway's own win).
+    pub fn append_to(&self, map: &mut HeaderMap) {
+        let own: Vec<HeaderName> = map.keys().cloned().collect();
+        for &(ns, ne, vs, ve) in &self.spans {
+            let Ok(name) = HeaderName::from_bytes(&self.head[ns..ne]) else {
+                continue;
+            };
+            if own.contains(&name) {
+                continue;
+            }
+            if let Ok(value) = HeaderValue::from_maybe_shared(self.head.slice(vs..ve)) {
+                map.append(name, value);
+            }
+        }
     }
 }
 
@@ -344,13 +393,17 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
             continue;
         }
         let status = StatusCode::from_u16(code).map_err(|_| ProtocolError::BadHeader("status"))?;
-        let spans = header_spans(buf, resp.headers);
+        let mut spans = header_spans(buf, resp.headers);
         let head = buf.split_to(len).freeze();
         let mut framing = Framing {
             close: version == 0,
             ..Framing::default()
         };
-        let map = header_map(&head, &spans, &mut framing).map_err(ProtocolError::BadHeader)?;
+        spans.retain(|&(ns, ne, vs, ve)| !framing.consume(&head[ns..ne], &head[vs..ve]));
+        if !framing.named.is_empty() {
+            spans.retain(|&(ns, ne, ..)| !framing.named(&head[ns..ne]));
+        }
+        let fields = RawFields { head, spans };
         let mut response = http::Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = if version == 0 {
@@ -358,9 +411,8 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
         } else {
             Version::HTTP_11
         };
-        *response.headers_mut() = map;
         let (parts, ()) = response.into_parts();
-        return response_framing(parts, &framing, head_request).map(Some);
+        return response_framing(parts, fields, &framing, head_request).map(Some);
     }
 }
 
@@ -390,7 +442,7 @@ pub(crate) fn header_map(
     let mut map = HeaderMap::with_capacity(spans.len());
     for &(ns, ne, vs, ve) in spans {
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| "a header name")?;
-        if framing.consume(&name, &head[vs..ve]) {
+        if framing.consume(name.as_str().as_bytes(), &head[vs..ve]) {
             continue;
         }
         let value =
@@ -406,6 +458,7 @@ pub(crate) fn header_map(
 /// RFC 9112 §6.3: how the body of this response is delimited.
 fn response_framing(
     parts: http::response::Parts,
+    fields: RawFields,
     f: &Framing,
     head_request: bool,
 ) -> Result<Head, ProtocolError> {
@@ -432,6 +485,7 @@ fn response_framing(
     };
     Ok(Head {
         parts,
+        fields,
         framing,
         reusable,
     })
@@ -661,13 +715,18 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        let mut names: Vec<&str> = h.parts.headers.keys().map(|n| n.as_str()).collect();
+        let mut names: Vec<&[u8]> = h.fields.iter().map(|(n, _)| n).collect();
         names.sort_unstable();
         assert_eq!(
             names,
-            ["content-length", "x-kept"],
+            [&b"Content-Length"[..], b"x-kept"],
             "connection-level fields consumed"
         );
+        let mut map = HeaderMap::new();
+        map.insert("x-kept", HeaderValue::from_static("gateway"));
+        h.fields.append_to(&mut map);
+        assert_eq!(map.get_all("x-kept").iter().count(), 1, "the map's own win");
+        assert_eq!(map["content-length"], "0");
         assert!(head("HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n", false).is_err());
         assert!(head("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", false).is_err());
         assert!(
