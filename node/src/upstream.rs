@@ -85,6 +85,8 @@ impl UpstreamPool {
             bytes
         };
 
+        // Allocated only for a request with a body.
+        let mut scratch = Vec::new();
         let mut pooled = self.checkout(&backend.key);
         loop {
             let reused = pooled.is_some();
@@ -93,31 +95,33 @@ impl UpstreamPool {
                 // Boxed: the TLS handshake makes this future large, and it is the rare path.
                 None => Box::pin(self.connect(backend)).await?,
             };
-            let failure = match http1::write_message(&mut conn.io, &head, &mut body, framing).await
-            {
-                Ok(()) => match conn.read_head(head_request).await {
-                    Ok(head) => return Ok(self.response(backend, conn, head)),
-                    // The request went out whole, and the backend may have seen it before it
-                    // closed: only a bodiless request of an idempotent method goes again (as
-                    // nginx's proxy_next_upstream does by default).
-                    Err(ReadError::Closed(reason)) => Failure::Stale {
-                        reason,
-                        replayable: framing.is_empty() && idempotent,
+            let failure =
+                match http1::write_message(&mut conn.io, &head, &mut scratch, &mut body, framing)
+                    .await
+                {
+                    Ok(()) => match conn.read_head(head_request).await {
+                        Ok(head) => return Ok(self.response(backend, conn, head)),
+                        // The request went out whole, and the backend may have seen it before it
+                        // closed: only a bodiless request of an idempotent method goes again (as
+                        // nginx's proxy_next_upstream does by default).
+                        Err(ReadError::Closed(reason)) => Failure::Stale {
+                            reason,
+                            replayable: framing.is_empty() && idempotent,
+                        },
+                        Err(ReadError::Io(e)) => Failure::Backend(e.to_string()),
+                        Err(ReadError::Protocol(e)) => Failure::Backend(e.to_string()),
                     },
-                    Err(ReadError::Io(e)) => Failure::Backend(e.to_string()),
-                    Err(ReadError::Protocol(e)) => Failure::Backend(e.to_string()),
-                },
-                Err(SendError::Write { error, body_sent }) => Failure::Stale {
-                    reason: error.to_string(),
-                    replayable: !body_sent,
-                },
-                Err(SendError::Body(e)) => return Err(client_body_error(e)),
-                Err(SendError::BodyLength) => {
-                    return Err(IntegrationError::ClientBody {
-                        reason: "the body does not match its Content-Length".into(),
-                    });
-                }
-            };
+                    Err(SendError::Write { error, body_sent }) => Failure::Stale {
+                        reason: error.to_string(),
+                        replayable: !body_sent,
+                    },
+                    Err(SendError::Body(e)) => return Err(client_body_error(e)),
+                    Err(SendError::BodyLength) => {
+                        return Err(IntegrationError::ClientBody {
+                            reason: "the body does not match its Content-Length".into(),
+                        });
+                    }
+                };
             match failure {
                 Failure::Stale {
                     replayable: true, ..

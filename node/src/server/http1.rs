@@ -83,7 +83,9 @@ pub(super) async fn serve(
         continue_left: 0,
     }));
     let max_head = worker.settings.max_header_bytes;
+    // The response head, and the bytes of a response as they are gathered for a write.
     let mut out = Vec::with_capacity(1024);
+    let mut scratch = Vec::new();
     loop {
         let head = match read_head(&shared, &state, max_head).await {
             Ok(Some(head)) => head,
@@ -94,9 +96,15 @@ pub(super) async fn serve(
                 encode_refusal(&mut out, refused.status);
                 let mut empty = ResponseBody::empty();
                 let empty_framing = BodyFraming::Empty { declare: false };
-                if wire::write_message(&mut Writer(&shared), &out, &mut empty, empty_framing)
-                    .await
-                    .is_ok()
+                if wire::write_message(
+                    &mut Writer(&shared),
+                    &out,
+                    &mut scratch,
+                    &mut empty,
+                    empty_framing,
+                )
+                .await
+                .is_ok()
                 {
                     linger(&shared).await;
                 }
@@ -145,7 +153,8 @@ pub(super) async fn serve(
         if framing == (BodyFraming::Empty { declare: false }) {
             discard(&mut body).await;
         }
-        let written = wire::write_message(&mut Writer(&shared), &out, &mut body, framing).await;
+        let written =
+            wire::write_message(&mut Writer(&shared), &out, &mut scratch, &mut body, framing).await;
         // The request's books close here (access log, metrics, in-flight count).
         drop(body);
         drop(parts);
