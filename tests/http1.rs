@@ -1,5 +1,6 @@
 //! The edge's own HTTP/1.1 server against raw TCP and curl: pipelining, `Expect:
-//! 100-continue`, HTTP/1.0 keep-alive rules, HEAD, and framing errors answered 400.
+//! 100-continue`, HTTP/1.0 keep-alive rules, HEAD, framing errors answered 400, and the head
+//! limits (431, the header-read timeout).
 
 mod common;
 
@@ -272,4 +273,54 @@ fn head_responses_have_no_body_and_keep_the_connection() {
     let r = read_responses(&mut tcp, 1).remove(0);
     assert_eq!(r.header("connection"), Some("close"));
     wait_for_close(&mut tcp, Duration::from_secs(3)).expect("closed");
+}
+
+#[test]
+fn oversized_heads_get_431_and_slow_heads_are_cut_off() {
+    let backend = Backend::start();
+    let edge = Edge::builder(&config(PROXY, backend.addr))
+        .arg("--max-header-bytes", "4096")
+        .arg("--header-read-timeout-ms", "300")
+        .start();
+    let host = edge.host("api");
+
+    let mut tcp = connect(edge.addr, Duration::from_secs(5));
+    let big = "a".repeat(5000);
+    write!(
+        tcp,
+        "GET /prod/mock HTTP/1.1\r\nHost: {host}\r\nx-big: {big}\r\n\r\n"
+    )
+    .unwrap();
+    let r = read_responses(&mut tcp, 1).remove(0);
+    assert_eq!(r.status, 431);
+    assert_eq!(r.header("connection"), Some("close"));
+    wait_for_close(&mut tcp, Duration::from_secs(3)).expect("closed after the 431");
+
+    let mut tcp = connect(edge.addr, Duration::from_secs(5));
+    let many: String = (0..101).map(|i| format!("x-{i}: 1\r\n")).collect();
+    write!(tcp, "GET /prod/mock HTTP/1.1\r\nHost: {host}\r\n{many}\r\n").unwrap();
+    assert_eq!(read_responses(&mut tcp, 1)[0].status, 431);
+
+    // Just under the limits: served.
+    let mut tcp = connect(edge.addr, Duration::from_secs(5));
+    let many: String = (0..98).map(|i| format!("x-{i}: 1\r\n")).collect();
+    write!(tcp, "GET /prod/mock HTTP/1.1\r\nHost: {host}\r\n{many}\r\n").unwrap();
+    assert_eq!(read_responses(&mut tcp, 1)[0].status, 200);
+
+    // A head that never ends is cut off after the header-read timeout, not the idle one.
+    let mut tcp = connect(edge.addr, Duration::from_secs(5));
+    write!(tcp, "GET /prod/mock HTTP/1.1\r\nHost: {host}\r\n").unwrap();
+    let closed = wait_for_close(&mut tcp, Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("a slow head was not cut: {e}\n{}", edge.stderr.joined()));
+    assert!(
+        closed >= Duration::from_millis(250),
+        "cut after {closed:?}, before the 300 ms header-read timeout"
+    );
+    // Between requests on a kept-alive connection, the header-read clock does not run.
+    let mut tcp = connect(edge.addr, Duration::from_secs(5));
+    write!(tcp, "GET /prod/mock HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    assert_eq!(read_responses(&mut tcp, 1)[0].status, 200);
+    std::thread::sleep(Duration::from_millis(600));
+    write!(tcp, "GET /prod/mock HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    assert_eq!(read_responses(&mut tcp, 1)[0].status, 200);
 }

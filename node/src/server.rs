@@ -63,9 +63,11 @@ pub struct ConnState {
     closing: AtomicBool,
 }
 
+/// Milliseconds since the first call, plus one: never 0, which `head_started_ms` reads as "no
+/// head pending" (a head arriving in the first millisecond of the process was never timed out).
 fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 impl ConnState {
