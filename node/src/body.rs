@@ -1,4 +1,5 @@
-//! Response bodies, and the hook that closes a request's books when its body is done.
+//! Request and response bodies, and the hook that closes a request's books when its body is
+//! done.
 //!
 //! A response body may stream from the backend long after the pipeline returned, so the access
 //! log line and the metrics happen when the body is finished or dropped (a client that goes
@@ -18,10 +19,47 @@ use hyper::body::Incoming;
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::metrics::StageMetrics;
 use crate::server::ConnState;
-use crate::upstream::{BackendBody, BackendBodyError};
+use crate::upstream::{BackendBody, BackendBodyError, RawFields};
 
 /// The body the request body becomes on its way to a backend.
-pub type UpstreamBody = http_body_util::Limited<Incoming>;
+pub type UpstreamBody = http_body_util::Limited<RequestBody>;
+
+/// A client's request body: read by the edge's own HTTP/1.1 server, or by hyper's HTTP/2 one.
+pub enum RequestBody {
+    Http1(crate::server::http1::RequestBody),
+    Http2(Incoming),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Http2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Http1(b) => b.is_end_stream(),
+            RequestBody::Http2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Http1(b) => b.size_hint(),
+            RequestBody::Http2(b) => b.size_hint(),
+        }
+    }
+}
 
 pub struct ResponseBody {
     kind: Kind,
@@ -65,6 +103,22 @@ impl ResponseBody {
 
     pub fn set_finish(&mut self, finish: Box<Finish>) {
         self.finish = Some(finish);
+    }
+
+    /// A proxied response's fields as the backend sent them, when they are not in the
+    /// response's header map ([`BackendBody::fields`]).
+    pub fn backend_fields(&self) -> Option<&RawFields> {
+        match &self.kind {
+            Kind::Backend(body) => body.fields(),
+            Kind::Full(_) => None,
+        }
+    }
+
+    /// Moves a proxied response's fields into `headers` (HTTP/2 needs a header map).
+    pub fn move_fields_into(&mut self, headers: &mut http::HeaderMap) {
+        if let Kind::Backend(body) = &mut self.kind {
+            body.move_fields_into(headers);
+        }
     }
 }
 

@@ -6,9 +6,8 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response};
-use hyper::body::Incoming;
 
-use crate::body::{ResponseBody, UpstreamBody};
+use crate::body::{RequestBody, ResponseBody, UpstreamBody};
 use crate::compile::{
     BackendCall, CompiledIntegration, HttpCall, MockResponse, PathPart, ResponseValue, Source,
 };
@@ -46,7 +45,7 @@ pub async fn call(
     worker: &Worker,
     integration: &CompiledIntegration,
     ctx: &CallContext<'_>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Outcome, IntegrationError> {
     match integration {
         CompiledIntegration::Mock(mock) => {
@@ -81,7 +80,7 @@ pub async fn call(
     }
 }
 
-async fn drain(worker: &Worker, body: Incoming) -> Result<(), IntegrationError> {
+async fn drain(worker: &Worker, body: RequestBody) -> Result<(), IntegrationError> {
     use http_body_util::BodyExt;
     let mut body = limit(worker, body);
     while let Some(frame) = body.frame().await {
@@ -100,7 +99,7 @@ async fn drain(worker: &Worker, body: Incoming) -> Result<(), IntegrationError> 
     Ok(())
 }
 
-fn limit(worker: &Worker, body: Incoming) -> UpstreamBody {
+fn limit(worker: &Worker, body: RequestBody) -> UpstreamBody {
     let max = usize::try_from(worker.settings.max_body_bytes).unwrap_or(usize::MAX);
     http_body_util::Limited::new(body, max)
 }
@@ -238,7 +237,9 @@ fn http_request(
 }
 
 fn map_http_response(http: &HttpCall, response: Response<BackendBody>) -> Response<ResponseBody> {
-    let (parts, body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
+    // The mappings read the backend's fields; none of them is passed on otherwise.
+    body.move_fields_into(&mut parts.headers);
     let status = parts.status.as_str();
     let mapping = http
         .responses

@@ -19,10 +19,9 @@ use std::time::{Instant, SystemTime};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use crate::access_log::AccessRecord;
-use crate::body::{Finish, ResponseBody};
+use crate::body::{Finish, RequestBody, ResponseBody};
 use crate::compile::{CompiledStage, EdgeConfig};
 use crate::error::{GatewayError, RouteError, gateway_response};
 use crate::integration::{self, CallContext};
@@ -36,11 +35,11 @@ struct Exchange {
     stage: Option<Arc<CompiledStage>>,
 }
 
-/// hyper's entry point for every request on every connection.
+/// The entry point for every request on every connection (HTTP/1.1 and HTTP/2).
 pub async fn handle(
     worker: Arc<Worker>,
     conn: Arc<ConnState>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     conn.request_started();
@@ -101,7 +100,7 @@ async fn run(
     config: &EdgeConfig,
     conn: &ConnState,
     exchange: &mut Exchange,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     // Phase 1 — route: the API from the Host (among those this connection's listener serves),
     // the stage from the first path segment, the route from the rest of the path.
@@ -141,7 +140,7 @@ fn route<'p>(
     worker: &Worker,
     config: &EdgeConfig,
     listener: Listener,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     path: &'p str,
     exchange: &mut Exchange,
 ) -> Result<Routed<'p>, RouteError> {
@@ -210,7 +209,7 @@ fn route<'p>(
 
 /// The host a request is for: the URI's authority (HTTP/2, absolute-form), else the one Host
 /// header. RFC 9112 §3.2: an HTTP/1.1 request without a Host, or with more than one, is a 400.
-fn request_host(req: &Request<Incoming>) -> Result<&str, RouteError> {
+fn request_host(req: &Request<RequestBody>) -> Result<&str, RouteError> {
     if let Some(h) = req.uri().host() {
         return Ok(h);
     }
@@ -250,7 +249,7 @@ fn api_id_from_host<'h>(host: &'h str, suffix: &str) -> Option<&'h str> {
     (!label.is_empty() && !label.contains('.')).then_some(label)
 }
 
-fn check_declared_length(worker: &Worker, req: &Request<Incoming>) -> Result<(), RouteError> {
+fn check_declared_length(worker: &Worker, req: &Request<RequestBody>) -> Result<(), RouteError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -5,6 +5,11 @@
 //! wake-ups (measured at +6..29 % CPU per request for a work-stealing runtime). With a private
 //! listener configured, every worker accepts on both, under the same connection limit, and
 //! each connection remembers which one it came in on ([`Listener`]).
+//!
+//! HTTP/1.1 is served by the edge's own connection loop ([`http1`]); a connection that opens
+//! with the HTTP/2 preface (h2c with prior knowledge) is handed to hyper's HTTP/2 server.
+
+pub mod http1;
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,18 +19,21 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::access_log::{AccessLog, FLUSH_INTERVAL};
+use crate::body::RequestBody;
 use crate::metrics::Metrics;
 use crate::pipeline;
 use crate::settings::EdgeSettings;
 use crate::store::ConfigStore;
+use crate::upstream::http1::poll_read_buf;
 use crate::upstream::{UpstreamPool, backend_tls_config};
 use crate::worker::Worker;
 
@@ -47,16 +55,19 @@ pub struct ConnState {
     pub in_flight: AtomicU32,
     last_activity_ms: AtomicU64,
     /// When the first byte of an HTTP/1 request head arrived on an otherwise idle connection;
-    /// 0 while no head is pending. HTTP/2 connections (which open with the `PRI` preface)
-    /// never set it: their frames are not request heads.
+    /// 0 while no head is pending. HTTP/2 connections never set it: their frames are not
+    /// request heads.
     head_started_ms: AtomicU64,
-    reads: AtomicU32,
     is_h2: AtomicBool,
+    /// The connection is to close (drain, idle timeout): HTTP/1 takes no further request.
+    closing: AtomicBool,
 }
 
+/// Milliseconds since the first call, plus one: never 0, which `head_started_ms` reads as "no
+/// head pending" (a head arriving in the first millisecond of the process was never timed out).
 fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 impl ConnState {
@@ -69,8 +80,8 @@ impl ConnState {
             in_flight: AtomicU32::new(0),
             last_activity_ms: AtomicU64::new(now_ms()),
             head_started_ms: AtomicU64::new(0),
-            reads: AtomicU32::new(0),
             is_h2: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -80,18 +91,23 @@ impl ConnState {
         self.head_started_ms.store(0, Relaxed);
     }
 
-    fn bytes_read(&self, first_bytes: &[u8]) {
-        let now = now_ms();
-        self.last_activity_ms.store(now, Relaxed);
-        if self.reads.fetch_add(1, Relaxed) == 0 && first_bytes.starts_with(b"PRI ") {
-            self.is_h2.store(true, Relaxed);
+    /// Part of a request head is in: starts the header-read clock if it is not running.
+    fn head_arriving(&self) {
+        if self.in_flight.load(Relaxed) == 0 && self.head_started_ms.load(Relaxed) == 0 {
+            self.head_started_ms.store(now_ms(), Relaxed);
         }
-        if !self.is_h2.load(Relaxed)
+    }
+
+    fn closing(&self) -> bool {
+        self.closing.load(Relaxed)
+    }
+
+    /// An HTTP/1 connection waiting for a request that has not begun: closing it now loses
+    /// nothing.
+    fn between_requests(&self) -> bool {
+        !self.is_h2.load(Relaxed)
             && self.in_flight.load(Relaxed) == 0
             && self.head_started_ms.load(Relaxed) == 0
-        {
-            self.head_started_ms.store(now, Relaxed);
-        }
     }
 
     /// How long a request head has been arriving without being complete.
@@ -254,23 +270,9 @@ fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-fn http_builder(settings: &EdgeSettings) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn h2_builder(settings: &EdgeSettings) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
-        .http1()
-        .timer(TokioTimer::new())
-        // hyper's own header-read timer also runs while a keep-alive connection waits for its
-        // next request, which would cap the idle timeout; the connection watchdog enforces
-        // both instead.
-        .header_read_timeout(None)
-        // hyper refuses buffers under 8 KiB.
-        .max_buf_size(settings.max_header_bytes.max(8192))
-        // hyper's default, 100 header fields, is parsed into arrays on the stack; any other
-        // limit makes hyper allocate and fill two arrays per request (about 4% of the edge's
-        // instructions per proxied request, bench/callgrind.sh).
-        .keep_alive(true);
-    builder
-        .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(settings.max_h2_streams)
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
@@ -314,7 +316,7 @@ async fn run_worker(
             return;
         }
     };
-    let builder = Arc::new(http_builder(&worker.settings));
+    let h2 = Arc::new(h2_builder(&worker.settings));
     let permits = Arc::new(Semaphore::new(max_connections));
     let tracker = Arc::new(Tracker::default());
 
@@ -365,7 +367,7 @@ async fn run_worker(
             peer,
             listener,
             worker.clone(),
-            builder.clone(),
+            h2.clone(),
             shutdown.clone(),
             (permit, guard),
         ));
@@ -410,48 +412,33 @@ async fn serve_connection<G: Send + 'static>(
     peer: SocketAddr,
     listener: Listener,
     worker: Arc<Worker>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    mut shutdown: watch::Receiver<bool>,
+    h2: Arc<http2::Builder<TokioExecutor>>,
+    shutdown: watch::Receiver<bool>,
     _guards: G,
 ) {
     let state = Arc::new(ConnState::new(peer, listener));
     let idle_timeout = worker.settings.idle_timeout;
     let header_timeout = worker.settings.header_read_timeout;
-    let io = TokioIo::new(ActivityIo {
-        inner: tcp,
-        state: state.clone(),
-    });
-    let service = {
-        let state = state.clone();
-        service_fn(move |req| pipeline::handle(worker.clone(), state.clone(), req))
-    };
-    let conn = builder.serve_connection(io, service);
+    let (close_tx, close_rx) = tokio::sync::oneshot::channel();
+    let conn = serve_http(tcp, state.clone(), worker, h2, close_rx);
     tokio::pin!(conn);
-    // The deadlines are watched by a task of their own: a timer polled inside this loop would
-    // be re-polled on every request the connection serves.
+    // The deadlines and the shutdown signal are watched by a task of their own: polled inside
+    // this loop, they would be polled again on every wake-up of the connection (a watch
+    // receiver and a random start for `select!` cost about 600 instructions per request).
     let (verdict_tx, mut verdict) = tokio::sync::oneshot::channel();
     let watchdog = tokio::spawn(watch_deadlines(
         state.clone(),
         idle_timeout,
         header_timeout,
+        shutdown,
         verdict_tx,
     ));
-    let mut closing = *shutdown.borrow();
-    if closing {
-        conn.as_mut().graceful_shutdown();
-    }
+    let mut close_tx = Some(close_tx);
+    let mut closing = false;
     loop {
         tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-                }
-                break;
-            }
-            _ = shutdown.changed(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
+            biased;
+            () = conn.as_mut() => break,
             v = &mut verdict, if !closing => match v {
                 Ok(Deadline::HeadTooSlow) => {
                     // A client that trickles its request head (or never finishes it) is cut
@@ -459,9 +446,17 @@ async fn serve_connection<G: Send + 'static>(
                     tracing::debug!(peer = %peer, "request head not complete in time; closing");
                     break;
                 }
-                Ok(Deadline::Idle) | Err(_) => {
+                Ok(Deadline::Close) | Err(_) => {
+                    // HTTP/1 takes no further request and closes between requests at once;
+                    // HTTP/2 sends GOAWAY and lets its streams finish.
                     closing = true;
-                    conn.as_mut().graceful_shutdown();
+                    state.closing.store(true, Relaxed);
+                    if let Some(tx) = close_tx.take() {
+                        let _ = tx.send(());
+                    }
+                    if state.between_requests() {
+                        break;
+                    }
                 }
             },
         }
@@ -469,37 +464,115 @@ async fn serve_connection<G: Send + 'static>(
     watchdog.abort();
 }
 
+/// The connection preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads until the first bytes tell HTTP/2's preface from an HTTP/1 request, then serves the
+/// connection with that protocol.
+async fn serve_http(
+    mut tcp: TcpStream,
+    state: Arc<ConnState>,
+    worker: Arc<Worker>,
+    h2: Arc<http2::Builder<TokioExecutor>>,
+    close: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut buf = BytesMut::new();
+    loop {
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
+            break;
+        }
+        if n > 0 {
+            state.head_arriving();
+        }
+        match std::future::poll_fn(|cx| poll_read_buf(&mut tcp, &mut buf, cx)).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => state.touch(),
+        }
+    }
+    if !buf.starts_with(H2_PREFACE) {
+        return http1::serve(tcp, buf, state, worker).await;
+    }
+    state.is_h2.store(true, Relaxed);
+    state.head_started_ms.store(0, Relaxed);
+    let io = TokioIo::new(ActivityIo {
+        read: buf.freeze(),
+        inner: tcp,
+        state: state.clone(),
+    });
+    let service = {
+        let state = state.clone();
+        service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let answer =
+                pipeline::handle(worker.clone(), state.clone(), req.map(RequestBody::Http2));
+            async move {
+                let mut response = answer.await?;
+                // hyper writes the fields from the header map only.
+                let (mut parts, mut body) = response.into_parts();
+                body.move_fields_into(&mut parts.headers);
+                response = http::Response::from_parts(parts, body);
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        })
+    };
+    let conn = h2.serve_connection(io, service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        _ = close => None,
+    };
+    let result = match ended {
+        Some(result) => result,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %state.peer, error = %e, "connection ended with an error");
+    }
+}
+
 enum Deadline {
-    Idle,
+    /// Shutdown, or the connection was idle too long: close it without cutting a request.
+    Close,
     HeadTooSlow,
 }
 
 /// Wakes a few times per deadline (cheap on tokio's timer wheel) and reports the first one
-/// that passes.
+/// that passes, or the shutdown signal.
 async fn watch_deadlines(
     state: Arc<ConnState>,
     idle_timeout: Duration,
     header_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
     verdict: tokio::sync::oneshot::Sender<Deadline>,
 ) {
     let mut tick = tokio::time::interval(
         (idle_timeout.min(header_timeout) / 4).max(Duration::from_millis(10)),
     );
-    loop {
-        tick.tick().await;
+    let mut shutting_down = *shutdown.borrow_and_update();
+    while !shutting_down {
+        tokio::select! {
+            _ = tick.tick() => {}
+            // A closed channel means the server is gone: close as well.
+            changed = shutdown.changed() => shutting_down = changed.is_err() || *shutdown.borrow(),
+        }
         if state.head_pending_for() >= header_timeout {
             let _ = verdict.send(Deadline::HeadTooSlow);
             return;
         }
         if state.idle_for() >= idle_timeout {
-            let _ = verdict.send(Deadline::Idle);
-            return;
+            break;
         }
     }
+    let _ = verdict.send(Deadline::Close);
 }
 
-/// Marks the connection active whenever bytes move, for the idle watchdog.
+/// An HTTP/2 connection's socket: marks the connection active whenever bytes move, for the
+/// idle watchdog, and first gives back the bytes read to recognise the protocol.
 struct ActivityIo {
+    read: Bytes,
     inner: TcpStream,
     state: Arc<ConnState>,
 }
@@ -510,10 +583,16 @@ impl AsyncRead for ActivityIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.state.bytes_read(&buf.filled()[before..]);
+            self.state.touch();
         }
         polled
     }

@@ -7,7 +7,7 @@
 //! ([`BackendBody`]) owns the connection while it streams and puts it back into the pool when
 //! its last byte has been read. The pool key is precomputed at config compile time.
 
-mod http1;
+pub(crate) mod http1;
 
 use std::io;
 use std::pin::Pin;
@@ -26,8 +26,8 @@ use tokio::net::TcpStream;
 use crate::body::UpstreamBody;
 use crate::compile::Backend;
 use crate::error::IntegrationError;
-pub use http1::RequestHead;
 use http1::{Decoded, Decoder, ProtocolError, SendError};
+pub use http1::{RawFields, RequestHead};
 
 /// Idle connections kept per backend per worker.
 const MAX_IDLE_PER_BACKEND: usize = 256;
@@ -85,6 +85,8 @@ impl UpstreamPool {
             bytes
         };
 
+        // Allocated only for a request with a body.
+        let mut scratch = Vec::new();
         let mut pooled = self.checkout(&backend.key);
         loop {
             let reused = pooled.is_some();
@@ -93,31 +95,33 @@ impl UpstreamPool {
                 // Boxed: the TLS handshake makes this future large, and it is the rare path.
                 None => Box::pin(self.connect(backend)).await?,
             };
-            let failure = match http1::write_request(&mut conn.io, &head, &mut body, framing).await
-            {
-                Ok(()) => match conn.read_head(head_request).await {
-                    Ok(head) => return Ok(self.response(backend, conn, head)),
-                    // The request went out whole, and the backend may have seen it before it
-                    // closed: only a bodiless request of an idempotent method goes again (as
-                    // nginx's proxy_next_upstream does by default).
-                    Err(ReadError::Closed(reason)) => Failure::Stale {
-                        reason,
-                        replayable: framing.is_empty() && idempotent,
+            let failure =
+                match http1::write_message(&mut conn.io, &head, &mut scratch, &mut body, framing)
+                    .await
+                {
+                    Ok(()) => match conn.read_head(head_request).await {
+                        Ok(head) => return Ok(self.response(backend, conn, head)),
+                        // The request went out whole, and the backend may have seen it before it
+                        // closed: only a bodiless request of an idempotent method goes again (as
+                        // nginx's proxy_next_upstream does by default).
+                        Err(ReadError::Closed(reason)) => Failure::Stale {
+                            reason,
+                            replayable: framing.is_empty() && idempotent,
+                        },
+                        Err(ReadError::Io(e)) => Failure::Backend(e.to_string()),
+                        Err(ReadError::Protocol(e)) => Failure::Backend(e.to_string()),
                     },
-                    Err(ReadError::Io(e)) => Failure::Backend(e.to_string()),
-                    Err(ReadError::Protocol(e)) => Failure::Backend(e.to_string()),
-                },
-                Err(SendError::Write { error, body_sent }) => Failure::Stale {
-                    reason: error.to_string(),
-                    replayable: !body_sent,
-                },
-                Err(SendError::Body(e)) => return Err(client_body_error(e)),
-                Err(SendError::BodyLength) => {
-                    return Err(IntegrationError::ClientBody {
-                        reason: "the body does not match its Content-Length".into(),
-                    });
-                }
-            };
+                    Err(SendError::Write { error, body_sent }) => Failure::Stale {
+                        reason: error.to_string(),
+                        replayable: !body_sent,
+                    },
+                    Err(SendError::Body(e)) => return Err(client_body_error(e)),
+                    Err(SendError::BodyLength) => {
+                        return Err(IntegrationError::ClientBody {
+                            reason: "the body does not match its Content-Length".into(),
+                        });
+                    }
+                };
             match failure {
                 Failure::Stale {
                     replayable: true, ..
@@ -140,10 +144,12 @@ impl UpstreamPool {
     ) -> Response<BackendBody> {
         let http1::Head {
             parts,
+            fields,
             framing,
             reusable,
         } = head;
         let mut body = BackendBody {
+            fields: Some(fields),
             conn: Some(conn),
             decoder: framing,
             release: reusable.then(|| (self.clone(), backend.key.clone())),
@@ -310,6 +316,8 @@ impl Connection {
 /// and returns it to the pool once the last byte is in, if the response allows reuse and
 /// nothing follows it; a body dropped half-read drops its connection.
 pub struct BackendBody {
+    /// The response's fields, until they are written or moved into a header map.
+    fields: Option<RawFields>,
     conn: Option<Connection>,
     decoder: Decoder,
     release: Option<(Arc<UpstreamPool>, Arc<str>)>,
@@ -325,6 +333,19 @@ pub enum BackendBodyError {
 }
 
 impl BackendBody {
+    /// The backend's end-to-end response fields, unless they were moved into a header map.
+    pub fn fields(&self) -> Option<&RawFields> {
+        self.fields.as_ref()
+    }
+
+    /// Moves the backend's fields into `headers`, for code that needs a header map; fields
+    /// `headers` already has are the caller's own and stay as they are.
+    pub fn move_fields_into(&mut self, headers: &mut http::HeaderMap) {
+        if let Some(fields) = self.fields.take() {
+            fields.append_to(headers);
+        }
+    }
+
     fn finish(&mut self) {
         self.decoder = Decoder::Done;
         if let (Some(conn), Some((pool, key))) = (self.conn.take(), self.release.take())

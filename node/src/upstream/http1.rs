@@ -29,9 +29,10 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Request body bytes gathered before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
 
-/// How a request body is delimited on the wire.
+/// How a message body is delimited on the wire (a request to a backend, or a response to a
+/// client).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestFraming {
+pub enum BodyFraming {
     /// No body: nothing follows the head. `declare`: the head says so with
     /// `Content-Length: 0` (a POST, PUT or PATCH without a body, as hyper's client sent: some
     /// servers refuse those methods without a length).
@@ -40,11 +41,14 @@ pub enum RequestFraming {
     Length(u64),
     /// Length unknown: `Transfer-Encoding: chunked` is added to the head.
     Chunked,
+    /// Length unknown and no chunked coding: the body ends when the connection closes (a
+    /// response to an HTTP/1.0 client).
+    UntilClose,
 }
 
-impl RequestFraming {
+impl BodyFraming {
     pub fn is_empty(self) -> bool {
-        matches!(self, RequestFraming::Empty { .. })
+        matches!(self, BodyFraming::Empty { .. })
     }
 }
 
@@ -53,24 +57,24 @@ pub fn request_framing(
     method: &Method,
     headers: &HeaderMap,
     body_is_empty: bool,
-) -> Result<RequestFraming, &'static str> {
+) -> Result<BodyFraming, &'static str> {
     if let Some(v) = headers.get(header::CONTENT_LENGTH) {
         let n = std::str::from_utf8(v.as_bytes())
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .ok_or("the request's Content-Length is not a number")?;
         return Ok(if n == 0 {
-            RequestFraming::Empty { declare: false }
+            BodyFraming::Empty { declare: false }
         } else {
-            RequestFraming::Length(n)
+            BodyFraming::Length(n)
         });
     }
     if body_is_empty {
-        return Ok(RequestFraming::Empty {
+        return Ok(BodyFraming::Empty {
             declare: matches!(*method, Method::POST | Method::PUT | Method::PATCH),
         });
     }
-    Ok(RequestFraming::Chunked)
+    Ok(BodyFraming::Chunked)
 }
 
 /// A request head for a backend.
@@ -88,7 +92,7 @@ pub struct RequestHead<'a> {
 }
 
 /// `METHOD path HTTP/1.1`, the fields, and the framing field the body needs.
-pub fn encode_head(out: &mut Vec<u8>, head: &RequestHead<'_>, framing: RequestFraming) {
+pub fn encode_head(out: &mut Vec<u8>, head: &RequestHead<'_>, framing: BodyFraming) {
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(head.path.as_bytes());
@@ -108,8 +112,8 @@ pub fn encode_head(out: &mut Vec<u8>, head: &RequestHead<'_>, framing: RequestFr
         field(name, value);
     }
     match framing {
-        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        RequestFraming::Empty { declare: true } => out.extend_from_slice(b"content-length: 0\r\n"),
+        BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        BodyFraming::Empty { declare: true } => out.extend_from_slice(b"content-length: 0\r\n"),
         _ => {}
     }
     out.extend_from_slice(b"\r\n");
@@ -127,26 +131,32 @@ pub enum SendError {
     Write { error: io::Error, body_sent: bool },
 }
 
-/// Writes the head and streams the body. Small bodies go out with the head in one write;
-/// whatever has been gathered is written and flushed whenever the client's body has nothing
-/// ready, and at the end. The flushes matter for TLS: a TLS stream may keep written data in its
-/// buffer when the socket is full, until it is flushed.
-pub async fn write_request<W, B>(
+/// Writes the head and streams the body (a request to a backend, or a response to a client).
+/// Small bodies go out with the head in one write; whatever has been gathered is written and
+/// flushed whenever the body has nothing ready, and at the end. The flushes matter for TLS: a
+/// TLS stream may keep written data in its buffer when the socket is full, until it is
+/// flushed. `scratch` gathers the bytes: a connection that keeps one saves an allocation per
+/// message.
+pub async fn write_message<W, B>(
     io: &mut W,
     head: &[u8],
+    scratch: &mut Vec<u8>,
     body: &mut B,
-    framing: RequestFraming,
+    framing: BodyFraming,
 ) -> Result<(), SendError>
 where
     W: AsyncWrite + Unpin,
-    B: Body<Data = Bytes, Error = Box<dyn std::error::Error + Send + Sync>> + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let write_err = |error, body_sent| SendError::Write { error, body_sent };
     if framing.is_empty() {
         io.write_all(head).await.map_err(|e| write_err(e, false))?;
         return io.flush().await.map_err(|e| write_err(e, false));
     }
-    let mut out = Vec::with_capacity(head.len() + 1024);
+    let out = scratch;
+    out.clear();
+    out.reserve(head.len() + 1024);
     out.extend_from_slice(head);
     let mut unflushed = false;
     let mut sent: u64 = 0;
@@ -159,7 +169,7 @@ where
         .await;
         let data = match next {
             Next::Flush => {
-                io.write_all(&out)
+                io.write_all(out)
                     .await
                     .map_err(|e| write_err(e, sent > 0))?;
                 io.flush().await.map_err(|e| write_err(e, sent > 0))?;
@@ -168,7 +178,7 @@ where
                 continue;
             }
             Next::Frame(None) => break,
-            Next::Frame(Some(Err(e))) => return Err(SendError::Body(e)),
+            Next::Frame(Some(Err(e))) => return Err(SendError::Body(e.into())),
             // Trailers of a client's body are not forwarded.
             Next::Frame(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) if !data.is_empty() => data,
@@ -177,39 +187,39 @@ where
         };
         sent += data.len() as u64;
         match framing {
-            RequestFraming::Length(n) if sent > n => return Err(SendError::BodyLength),
-            RequestFraming::Chunked => {
+            BodyFraming::Length(n) if sent > n => return Err(SendError::BodyLength),
+            BodyFraming::Chunked => {
                 out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
             }
             _ => {}
         }
         if out.len() + data.len() > WRITE_BATCH {
             // Large pieces go out as they are instead of being copied.
-            io.write_all(&out).await.map_err(|e| write_err(e, true))?;
+            io.write_all(out).await.map_err(|e| write_err(e, true))?;
             out.clear();
             io.write_all(&data).await.map_err(|e| write_err(e, true))?;
             unflushed = true;
         } else {
             out.extend_from_slice(&data);
         }
-        if framing == RequestFraming::Chunked {
+        if framing == BodyFraming::Chunked {
             out.extend_from_slice(b"\r\n");
         }
     }
     match framing {
-        RequestFraming::Length(n) if sent != n => return Err(SendError::BodyLength),
-        RequestFraming::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+        BodyFraming::Length(n) if sent != n => return Err(SendError::BodyLength),
+        BodyFraming::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
         _ => {}
     }
-    io.write_all(&out)
+    io.write_all(out)
         .await
         .map_err(|e| write_err(e, sent > 0))?;
     io.flush().await.map_err(|e| write_err(e, sent > 0))
 }
 
-enum Next {
+enum Next<E> {
     Flush,
-    Frame(Option<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>),
+    Frame(Option<Result<Frame<Bytes>, E>>),
 }
 
 /// What was wrong with what the backend sent.
@@ -233,66 +243,120 @@ pub enum ProtocolError {
 pub struct Head {
     /// The response without its connection-level fields (RFC 9110 §7.6.1): `Connection`, the
     /// fields it names, `Keep-Alive`, `Transfer-Encoding` and the like describe this
-    /// connection and are consumed here, never forwarded.
+    /// connection and are consumed here, never forwarded. Its header map is empty: the
+    /// fields are in `fields`.
     pub parts: http::response::Parts,
+    pub fields: RawFields,
     pub framing: Decoder,
     /// The connection may carry another request once this response's body is read.
     pub reusable: bool,
 }
 
-/// What the framing of a response depends on, gathered while its fields are read.
+/// What the framing of a message depends on, gathered while its fields are read.
 #[derive(Default)]
-struct Framing {
-    close: bool,
-    transfer_encoding: bool,
-    chunked_last: bool,
-    length: Option<u64>,
-    bad_length: bool,
+pub(crate) struct Framing {
+    pub close: bool,
+    /// `Connection: keep-alive` (what keeps an HTTP/1.0 connection open).
+    pub keep_alive: bool,
+    pub transfer_encoding: bool,
+    pub chunked_last: bool,
+    /// Transfer codings named, over all `Transfer-Encoding` fields.
+    pub codings: usize,
+    pub length: Option<u64>,
+    pub bad_length: bool,
     /// Fields that `Connection` names besides `close` and `keep-alive`.
     named: Vec<HeaderName>,
 }
 
 impl Framing {
-    /// Takes in a connection-level field; false if `name` is an end-to-end one.
-    fn consume(&mut self, name: &HeaderName, value: &[u8]) -> bool {
-        if *name == header::CONTENT_LENGTH {
-            for item in value.split(|&b| b == b',') {
-                let item = item.trim_ascii();
-                let n = std::str::from_utf8(item)
-                    .ok()
-                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|s| s.parse::<u64>().ok());
-                match n {
-                    Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
-                    _ => self.bad_length = true,
+    /// Takes in a connection-level field; false if `name` (any case) is an end-to-end one.
+    pub fn consume(&mut self, name: &[u8], value: &[u8]) -> bool {
+        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        // By length first: most fields are none of these, and are told so by one comparison.
+        match name.len() {
+            14 if is("content-length") => {
+                for item in value.split(|&b| b == b',') {
+                    let item = item.trim_ascii();
+                    let n = std::str::from_utf8(item)
+                        .ok()
+                        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|s| s.parse::<u64>().ok());
+                    match n {
+                        Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
+                        _ => self.bad_length = true,
+                    }
                 }
+                // End-to-end: the client needs it as much as this hop does.
+                false
             }
-            // End-to-end: the client needs it as much as this hop does.
-            return false;
-        }
-        if *name == header::TRANSFER_ENCODING {
-            self.transfer_encoding = true;
-            self.chunked_last = last_token_is(value, b"chunked");
-        } else if *name == header::CONNECTION {
-            for token in tokens(value).filter(|t| !t.is_empty()) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    self.close = true;
-                } else if !token.eq_ignore_ascii_case(b"keep-alive")
-                    && let Ok(named) = HeaderName::from_bytes(token)
-                {
-                    self.named.push(named);
+            17 if is("transfer-encoding") => {
+                self.transfer_encoding = true;
+                self.chunked_last = last_token_is(value, b"chunked");
+                self.codings += tokens(value).filter(|t| !t.is_empty()).count();
+                true
+            }
+            10 if is("connection") => {
+                for token in tokens(value).filter(|t| !t.is_empty()) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        self.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        self.keep_alive = true;
+                    } else if let Ok(named) = HeaderName::from_bytes(token) {
+                        self.named.push(named);
+                    }
                 }
+                true
             }
-        } else if !(*name == header::TE
-            || *name == header::TRAILER
-            || *name == header::UPGRADE
-            || *name == header::PROXY_AUTHENTICATE
-            || name.as_str() == "keep-alive"
-            || name.as_str() == "proxy-connection")
-        {
-            return false;
+            2 | 7 | 10 | 16 | 18 => {
+                is("te")
+                    || is("trailer")
+                    || is("upgrade")
+                    || is("keep-alive")
+                    || is("proxy-connection")
+                    || is("proxy-authenticate")
+            }
+            _ => false,
         }
-        true
+    }
+
+    /// Whether `Connection` named this field, which then goes no further.
+    fn named(&self, name: &[u8]) -> bool {
+        self.named
+            .iter()
+            .any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+    }
+}
+
+/// A response's end-to-end fields as the backend sent them: spans of its head, written to a
+/// client as they are. A `HeaderMap` is built only where one is needed (HTTP/2, the `http`
+/// integration's mappings): for a proxied HTTP/1.1 response it cost more than parsing the head.
+pub struct RawFields {
+    head: Bytes,
+    spans: Vec<Span>,
+}
+
+impl RawFields {
+    /// (name, value) pairs, names in the backend's case.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans
+            .iter()
+            .map(|&(ns, ne, vs, ve)| (&self.head[ns..ne], &self.head[vs..ve]))
+    }
+
+    /// Appends the fields to `map`, except those `map` already has (the gateway's own win).
+    pub fn append_to(&self, map: &mut HeaderMap) {
+        let own: Vec<HeaderName> = map.keys().cloned().collect();
+        for &(ns, ne, vs, ve) in &self.spans {
+            let Ok(name) = HeaderName::from_bytes(&self.head[ns..ne]) else {
+                continue;
+            };
+            if own.contains(&name) {
+                continue;
+            }
+            if let Ok(value) = HeaderValue::from_maybe_shared(self.head.slice(vs..ve)) {
+                map.append(name, value);
+            }
+        }
     }
 }
 
@@ -334,36 +398,17 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
             continue;
         }
         let status = StatusCode::from_u16(code).map_err(|_| ProtocolError::BadHeader("status"))?;
-        // Header positions, so that values can share the head's bytes instead of being copied.
-        let base = buf.as_ptr() as usize;
-        let spans: Vec<(usize, usize, usize, usize)> = resp
-            .headers
-            .iter()
-            .map(|h| {
-                let name = h.name.as_ptr() as usize - base;
-                let value = h.value.as_ptr() as usize - base;
-                (name, name + h.name.len(), value, value + h.value.len())
-            })
-            .collect();
+        let mut spans = header_spans(buf, resp.headers);
         let head = buf.split_to(len).freeze();
-        let mut map = HeaderMap::with_capacity(spans.len());
         let mut framing = Framing {
             close: version == 0,
             ..Framing::default()
         };
-        for &(ns, ne, vs, ve) in &spans {
-            let name = HeaderName::from_bytes(&head[ns..ne])
-                .map_err(|_| ProtocolError::BadHeader("a header name"))?;
-            if framing.consume(&name, &head[vs..ve]) {
-                continue;
-            }
-            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-                .map_err(|_| ProtocolError::BadHeader("a header value"))?;
-            map.append(name, value);
+        spans.retain(|&(ns, ne, vs, ve)| !framing.consume(&head[ns..ne], &head[vs..ve]));
+        if !framing.named.is_empty() {
+            spans.retain(|&(ns, ne, ..)| !framing.named(&head[ns..ne]));
         }
-        for name in &framing.named {
-            map.remove(name);
-        }
+        let fields = RawFields { head, spans };
         let mut response = http::Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = if version == 0 {
@@ -371,15 +416,54 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
         } else {
             Version::HTTP_11
         };
-        *response.headers_mut() = map;
         let (parts, ()) = response.into_parts();
-        return response_framing(parts, &framing, head_request).map(Some);
+        return response_framing(parts, fields, &framing, head_request).map(Some);
     }
+}
+
+/// Where each field's name and value lie in the head: (name start, name end, value start,
+/// value end), so that values can share the head's bytes instead of being copied.
+pub(crate) type Span = (usize, usize, usize, usize);
+
+pub(crate) fn header_spans(buf: &[u8], headers: &[httparse::Header<'_>]) -> Vec<Span> {
+    let base = buf.as_ptr() as usize;
+    headers
+        .iter()
+        .map(|h| {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            (name, name + h.name.len(), value, value + h.value.len())
+        })
+        .collect()
+}
+
+/// The end-to-end fields of a head (the ones `Connection` names removed); the
+/// connection-level ones are taken into `framing`.
+pub(crate) fn header_map(
+    head: &Bytes,
+    spans: &[Span],
+    framing: &mut Framing,
+) -> Result<HeaderMap, &'static str> {
+    let mut map = HeaderMap::with_capacity(spans.len());
+    for &(ns, ne, vs, ve) in spans {
+        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| "a header name")?;
+        if framing.consume(name.as_str().as_bytes(), &head[vs..ve]) {
+            continue;
+        }
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| "a header value")?;
+        map.append(name, value);
+    }
+    for name in &framing.named {
+        map.remove(name);
+    }
+    Ok(map)
 }
 
 /// RFC 9112 §6.3: how the body of this response is delimited.
 fn response_framing(
     parts: http::response::Parts,
+    fields: RawFields,
     f: &Framing,
     head_request: bool,
 ) -> Result<Head, ProtocolError> {
@@ -406,6 +490,7 @@ fn response_framing(
     };
     Ok(Head {
         parts,
+        fields,
         framing,
         reusable,
     })
@@ -635,13 +720,18 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        let mut names: Vec<&str> = h.parts.headers.keys().map(|n| n.as_str()).collect();
+        let mut names: Vec<&[u8]> = h.fields.iter().map(|(n, _)| n).collect();
         names.sort_unstable();
         assert_eq!(
             names,
-            ["content-length", "x-kept"],
+            [&b"Content-Length"[..], b"x-kept"],
             "connection-level fields consumed"
         );
+        let mut map = HeaderMap::new();
+        map.insert("x-kept", HeaderValue::from_static("gateway"));
+        h.fields.append_to(&mut map);
+        assert_eq!(map.get_all("x-kept").iter().count(), 1, "the map's own win");
+        assert_eq!(map["content-length"], "0");
         assert!(head("HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n", false).is_err());
         assert!(head("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", false).is_err());
         assert!(
@@ -727,21 +817,21 @@ mod tests {
         let mut h = HeaderMap::new();
         assert_eq!(
             request_framing(&Method::GET, &h, true).unwrap(),
-            RequestFraming::Empty { declare: false }
+            BodyFraming::Empty { declare: false }
         );
         assert_eq!(
             request_framing(&Method::POST, &h, true).unwrap(),
-            RequestFraming::Empty { declare: true }
+            BodyFraming::Empty { declare: true }
         );
         assert_eq!(
             request_framing(&Method::POST, &h, false).unwrap(),
-            RequestFraming::Chunked
+            BodyFraming::Chunked
         );
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
         h.insert(header::HOST, HeaderValue::from_static("client"));
         assert_eq!(
             request_framing(&Method::POST, &h, false).unwrap(),
-            RequestFraming::Length(12)
+            BodyFraming::Length(12)
         );
         let host = HeaderValue::from_static("backend");
         let head = RequestHead {
@@ -751,7 +841,7 @@ mod tests {
             set: &[(&header::HOST, &host)],
         };
         let mut out = Vec::new();
-        encode_head(&mut out, &head, RequestFraming::Length(12));
+        encode_head(&mut out, &head, BodyFraming::Length(12));
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /a?b HTTP/1.1\r\ncontent-length: 12\r\nhost: backend\r\n\r\n"
@@ -764,7 +854,7 @@ mod tests {
             headers: &h,
             set: &[],
         };
-        encode_head(&mut out, &head, RequestFraming::Empty { declare: true });
+        encode_head(&mut out, &head, BodyFraming::Empty { declare: true });
         assert_eq!(out, b"PUT / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
     }
 }
