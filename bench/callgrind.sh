@@ -15,7 +15,7 @@
 #   WARMUP       requests before zeroing (default 2000)
 #   CONNS        h2load connections (default 8)
 #   TARGETS      which proxies (default "nginx portico")
-#   PORTICO_BIN  use this binary instead of building target/release/portico
+#   PORTICO_BIN  use this binary instead of building target/dist/portico
 #   OUT          where the callgrind files are kept (default /tmp/portico-callgrind); read
 #                them with `callgrind_annotate --inclusive=yes OUT/portico.out`
 set -euo pipefail
@@ -44,9 +44,9 @@ for tool in nginx h2load valgrind callgrind_control curl; do
 done
 
 if [ -z "${PORTICO_BIN:-}" ] && [[ " $TARGETS " == *" portico "* ]]; then
-  log "building Portico: cargo build --release --bin portico"
-  (cd "$REPO_ROOT" && cargo build --release --bin portico >&2)
-  PORTICO_BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/portico"
+  log "building Portico: cargo build --profile dist --bin portico"
+  (cd "$REPO_ROOT" && cargo build --profile dist --bin portico >&2)
+  PORTICO_BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/dist/portico"
 fi
 
 TMP=$(mktemp -d /tmp/portico-callgrind.XXXXXX)
