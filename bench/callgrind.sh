@@ -70,58 +70,12 @@ wait_http() { # url [host]
   return 1
 }
 
-cat >"$TMP/backend.conf" <<EOF
-worker_processes 1;
-pid $TMP/backend.pid;
-error_log $TMP/backend.err warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$BACKEND_PORT;
-    location / { return 200 "ok\n"; }
-  }
-}
-EOF
-# The same proxy configuration as bench/proxy.sh.
-cat >"$TMP/nginx-proxy.conf" <<EOF
-worker_processes 1;
-pid $TMP/nginx-proxy.pid;
-error_log $TMP/nginx-proxy.err warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream bench_backend {
-    server 127.0.0.1:$BACKEND_PORT;
-    keepalive 64;
-    keepalive_requests 1000000;
-  }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / {
-      proxy_pass http://bench_backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-EOF
-cat >"$TMP/portico.yaml" <<EOF
-apis:
-  - id: bench
-    kind: http
-    routes:
-      - key: ANY /{proxy+}
-        integration:
-          type: http_proxy
-          uri: http://127.0.0.1:$BACKEND_PORT/{proxy}
-    stages:
-      - name: b
-EOF
+# The same three configurations as bench/proxy.sh.
+# shellcheck source=bench/proxy_configs.sh
+. "$REPO_ROOT/bench/proxy_configs.sh"
+write_nginx_confs
 
-nginx -p "$TMP" -e "$TMP/backend.err" -c "$TMP/backend.conf" -g 'daemon off;' \
+nginx -p "$TMP/backend" -e "$TMP/backend/error.log" -c "$TMP/backend.conf" -g 'daemon off;' \
   </dev/null >"$TMP/backend.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$BACKEND_PORT/" || die "backend nginx did not start"
@@ -142,7 +96,7 @@ measure() { # target
   case $t in
     nginx)
       valgrind --tool=callgrind --callgrind-out-file="$TMP/$t.cg" \
-        nginx -p "$TMP" -e "$TMP/nginx-proxy.err" -c "$TMP/nginx-proxy.conf" \
+        nginx -p "$TMP/nginx-proxy" -e "$TMP/nginx-proxy/error.log" -c "$TMP/nginx-proxy.conf" \
         -g 'daemon off; master_process off;' </dev/null >"$TMP/$t.log" 2>&1 &
       pid=$!
       wait_http "http://127.0.0.1:$NGINX_PORT/" || die "nginx proxy did not start: $(tail -5 "$TMP/$t.log")"

@@ -175,59 +175,8 @@ nginx_pids() { # master -> master + workers
   pgrep -P "$1" || true
 }
 
-write_nginx_confs() {
-  cat >"$TMP/backend.conf" <<EOF
-worker_processes 1;
-pid $TMP/backend/nginx.pid;
-error_log $TMP/backend/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  # nginx closes a keep-alive connection after 1000 requests by default; h2load (fallback)
-  # does not reconnect in --rps mode, and the churn is noise for everyone else.
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$BACKEND_PORT;
-    location / { return 200 "ok\n"; }
-  }
-}
-EOF
-  cat >"$TMP/nginx-proxy.conf" <<EOF
-worker_processes 1;
-pid $TMP/nginx-proxy/nginx.pid;
-error_log $TMP/nginx-proxy/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream bench_backend {
-    server 127.0.0.1:$BACKEND_PORT;
-    keepalive 64;
-    keepalive_requests 1000000;
-  }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / {
-      proxy_pass http://bench_backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-EOF
-  cat >"$TMP/portico.yaml" <<EOF
-apis:
-  - id: bench
-    kind: http
-    routes:
-      - key: ANY /{proxy+}
-        integration:
-          type: http_proxy
-          uri: http://127.0.0.1:$BACKEND_PORT/{proxy}
-    stages:
-      - name: b
-EOF
-}
+# shellcheck source=bench/proxy_configs.sh
+. "$REPO_ROOT/bench/proxy_configs.sh"
 
 # ---------------------------------------------------------------------------------------
 # Measurement helpers
