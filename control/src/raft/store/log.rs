@@ -17,6 +17,10 @@
 //!
 //! A follower's entries are acknowledged only once durable, as usual. A leader that crashes
 //! before its write lands loses only entries that nobody has applied or been told about.
+//!
+//! This leans on two facts of openraft 0.9.25 (read in its source, not promised by its API): the
+//! leader's flush callback feeds only its own replication progress, and followers learn the
+//! commit index only from AppendEntries. Re-check both before upgrading openraft.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
