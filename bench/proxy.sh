@@ -8,9 +8,10 @@
 # Prints figures only; it never fails on a threshold.
 #
 # Environment:
-#   ROUNDS        saturation rounds (default 3)
+#   ROUNDS        saturation rounds (default 5)
 #   DURATION      seconds per saturation run (default 10)
-#   LAT_ROUNDS    fixed-rate latency rounds (default 2)
+#   LAT_ROUNDS    fixed-rate latency rounds (default 5: on a shared VM one p99 can be several
+#                 times the next round's)
 #   LAT_DURATION  seconds per fixed-rate run (default 15)
 #   LAT_RATE      fixed rate in req/s (default: half the median nginx-proxy saturation req/s)
 #   PORTICO_BIN   use this binary instead of building target/dist/portico
@@ -18,9 +19,9 @@
 #   FORCE_H2LOAD  1 = use the h2load fallback for the fixed-rate phase even if oha is available
 set -euo pipefail
 
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10}
-LAT_ROUNDS=${LAT_ROUNDS:-2}
+LAT_ROUNDS=${LAT_ROUNDS:-5}
 LAT_DURATION=${LAT_DURATION:-15}
 LAT_RATE=${LAT_RATE:-}
 SKIP_PORTICO=${SKIP_PORTICO:-0}
