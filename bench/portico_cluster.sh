@@ -3,8 +3,8 @@
 # and `control join` for each other node, each a learner first and a voter once caught up).
 #
 # The caller provides: PORTICO_BIN, WORK, START_TIMEOUT, the array PIDS (every started process
-# is added to it, for the caller's cleanup), the functions log, die and json_eval, and the
-# arrays CLUSTER_RAFT_PORTS and CLUSTER_ADMIN_PORTS (one port per node).
+# is added to it, for the caller's cleanup), the functions log, die and json_eval (from
+# bench/lib.sh), and the arrays CLUSTER_RAFT_PORTS and CLUSTER_ADMIN_PORTS (one port per node).
 #
 # portico_cluster_start PREFIX NODES starts NODES voters with data in $WORK/PREFIX1.. and logs in
 # $WORK/PREFIX1.log.., and sets TOKEN (an admin token), CLUSTER_PIDS (the nodes' PIDs in node

@@ -69,8 +69,8 @@ BACKEND_PORT=28090               # the cold-start phase's backend (in the load g
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-log() { printf '%s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$REPO_ROOT/bench/lib.sh"
 
 case $CONTROL_NODES in 1 | 3) ;; *) die "CONTROL_NODES must be 1 or 3" ;; esac
 MAX_EDGES=0
@@ -85,15 +85,9 @@ for tool in curl python3 rustc ss pgrep ps timeout; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool not found"
 done
 
-if [ -n "${PORTICO_BIN:-}" ]; then
-  [ -x "$PORTICO_BIN" ] || die "PORTICO_BIN=$PORTICO_BIN is not executable"
-  BUILT="prebuilt $PORTICO_BIN"
-else
-  log "building portico (cargo build --profile dist)"
-  (cd "$REPO_ROOT" && cargo build --profile dist >&2)
-  target_dir=${CARGO_TARGET_DIR:-target}
-  case $target_dir in /*) ;; *) target_dir="$REPO_ROOT/$target_dir" ;; esac
-  PORTICO_BIN="$target_dir/dist/portico"
+BUILT=${PORTICO_BIN:+prebuilt $PORTICO_BIN}
+portico_bin
+if [ -z "$BUILT" ]; then
   BUILT="cargo build --profile dist at $(cd "$REPO_ROOT" && git rev-parse --short HEAD)"
   if [ -n "$(cd "$REPO_ROOT" && git status --porcelain -- src node control proto Cargo.toml Cargo.lock)" ]; then
     BUILT+=" plus uncommitted changes"
@@ -107,14 +101,6 @@ BASE_TMP=${BENCH_TMPDIR:-/var/tmp}
 WORK=$(mktemp -d "$BASE_TMP/portico-propagation-bench.XXXXXX")
 PIDS=()
 WATCH_PID=
-stop_pids() { # PID...: SIGTERM, up to 10 s, then SIGKILL
-  local pid
-  for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "$@"; do
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  done
-}
 LOAD_PID=
 cleanup() {
   set +e  # stop and remove everything, whatever fails
@@ -136,10 +122,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-FS_TYPE=$(stat -f -c %T "$WORK")
-if [ "$FS_TYPE" = tmpfs ]; then
-  log "warning: $WORK is on tmpfs: fsync costs nothing there; set BENCH_TMPDIR to a disk"
-fi
+warn_if_tmpfs
 
 log "building the load generator (rustc -O bench/propagation_load.rs)"
 rustc --edition 2021 -O "$REPO_ROOT/bench/propagation_load.rs" -o "$WORK/propagation_load" >&2
@@ -167,8 +150,6 @@ load_run() { # FILE ARGS...
   LOAD_PID=
   return "$rc"
 }
-
-json_eval() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
 # ---------------------------------------------------------------------------------------
 # Control plane: init + start node 1, then joins (learner, then voter once caught up)
@@ -292,21 +273,8 @@ PY
 }
 
 # ---------------------------------------------------------------------------------------
-# Measurement helpers (as in bench/raft.sh)
+# Measurement helpers (cpu_ns and cpu_jiffies are in bench/lib.sh)
 # ---------------------------------------------------------------------------------------
-cpu_ns() { # PID...: ns on CPU of all their threads
-  local total=0 pid f v
-  for pid in "$@"; do
-    for f in /proc/"$pid"/task/*/schedstat; do
-      read -r v _ <"$f" 2>/dev/null || continue
-      total=$((total + v))
-    done
-  done
-  echo "$total"
-}
-# "busy steal" jiffies (USER_HZ) of all CPUs: busy is user, nice, system, irq and softirq.
-cpu_jiffies() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat; }
-
 watch_begin() { # a sampler: was a rustc or cargo process seen?
   rm -f "$WORK/rustc.seen" "$WORK/cargo.seen"
   ( while :; do

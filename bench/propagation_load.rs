@@ -45,9 +45,12 @@
 //!                  -- /path/to/portico edge ...
 //! ```
 
+#[path = "cpu.rs"]
+mod cpu;
 #[path = "http1.rs"]
 mod http1;
 
+use cpu::own_cpu_ms;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -421,24 +424,6 @@ fn summary(prefix: &str, mut ns: Vec<u64>) -> String {
         us(ns.last().copied().unwrap_or(0)),
         us(mean),
     )
-}
-
-/// CPU time (user + system) this process has used so far, in milliseconds (from
-/// `/proc/self/stat`, in units of USER_HZ = 100 per second); 0 if unreadable.
-fn own_cpu_ms() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) * 10
 }
 
 fn propagate(args: &Args) {

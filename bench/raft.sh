@@ -53,8 +53,8 @@ PORTICO_ADMIN_PORTS=(27071 27072 27073)
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-log() { printf '%s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$REPO_ROOT/bench/lib.sh"
 
 SUDO=
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
@@ -74,15 +74,7 @@ for tool in curl python3 rustc ss; do
 done
 if [ "$STRACE" = 1 ]; then command -v strace >/dev/null 2>&1 || die "strace not found"; fi
 
-if [ -n "${PORTICO_BIN:-}" ]; then
-  [ -x "$PORTICO_BIN" ] || die "PORTICO_BIN=$PORTICO_BIN is not executable"
-else
-  log "building portico (cargo build --profile dist)"
-  (cd "$REPO_ROOT" && cargo build --profile dist >&2)
-  target_dir=${CARGO_TARGET_DIR:-target}
-  case $target_dir in /*) ;; *) target_dir="$REPO_ROOT/$target_dir" ;; esac
-  PORTICO_BIN="$target_dir/dist/portico"
-fi
+portico_bin
 
 # ---------------------------------------------------------------------------------------
 # Work directory and cleanup
@@ -91,21 +83,13 @@ BASE_TMP=${BENCH_TMPDIR:-/var/tmp}
 WORK=$(mktemp -d "$BASE_TMP/portico-raft-bench.XXXXXX")
 PIDS=()
 cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  done
+  stop_pids "${PIDS[@]}"
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-FS_TYPE=$(stat -f -c %T "$WORK")
-if [ "$FS_TYPE" = tmpfs ]; then
-  log "warning: $WORK is on tmpfs: fsync costs nothing there; set BENCH_TMPDIR to a disk"
-fi
+warn_if_tmpfs
 
 log "building the load generator (rustc -O bench/raft_load.rs)"
 rustc --edition 2021 -O "$REPO_ROOT/bench/raft_load.rs" -o "$WORK/raft_load" >&2
@@ -117,9 +101,6 @@ done
 for port in "${PORTICO_RAFT_PORTS[@]}"; do
   if ss -Huln "sport = :$port" | grep -q .; then die "UDP port $port is taken"; fi
 done
-
-# JSON field extraction with python3: json_get FILE_OR_- EXPR (EXPR uses `d`).
-json_eval() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
 # ---------------------------------------------------------------------------------------
 # etcd: 3 members, default durability (fsync on), warn logs
@@ -180,17 +161,7 @@ log "portico: 3 voters, leader serves $LEADER_ADMIN"
 # ---------------------------------------------------------------------------------------
 # Measurement
 # ---------------------------------------------------------------------------------------
-# Nanoseconds on CPU of all threads of the given processes.
-cpu_ns() {
-  local total=0 pid f v
-  for pid in "$@"; do
-    for f in /proc/"$pid"/task/*/schedstat; do
-      read -r v _ <"$f" 2>/dev/null || continue
-      total=$((total + v))
-    done
-  done
-  echo "$total"
-}
+# cpu_ns and cpu_jiffies are in bench/lib.sh.
 
 # p50/p99 of a 4 KiB append + fdatasync in the data directory: the floor of any commit here.
 disk_floor() {
@@ -209,12 +180,6 @@ os.unlink(sys.argv[1])
 samples.sort()
 print(f"4 KiB append + fdatasync p50 {samples[len(samples) // 2] / 1000:.0f} us, p99 {samples[int(len(samples) * 0.99)] / 1000:.0f} us")
 PY
-}
-
-# "busy steal" jiffies (USER_HZ) of all CPUs, from /proc/stat: busy is user, nice, system, irq
-# and softirq (not idle, iowait or steal).
-cpu_jiffies() {
-  awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat
 }
 
 NCPU=$(nproc)

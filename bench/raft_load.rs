@@ -18,9 +18,12 @@
 //!           --writes 1000 --clients 1 --tag r1s [--object-bytes 300] [--warmup 50] [--keys K]
 //! ```
 
+#[path = "cpu.rs"]
+mod cpu;
 #[path = "http1.rs"]
 mod http1;
 
+use cpu::own_cpu_ms;
 use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -301,26 +304,6 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     // Nearest rank.
     let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
     sorted[rank.min(sorted.len()) - 1] as f64 / 1000.0
-}
-
-/// CPU time (user + system) this process has used so far, in milliseconds (from
-/// `/proc/self/stat`, in units of USER_HZ = 100 per second); 0 if unreadable.
-fn own_cpu_ms() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name (which may contain spaces) start after the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    // utime and stime are fields 14 and 15 of the line, so 12 and 13 after the command name.
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) * 10
 }
 
 fn main() {
