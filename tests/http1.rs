@@ -58,6 +58,15 @@ fn read_responses(tcp: &mut TcpStream, n: usize) -> Vec<RawResponse> {
     out
 }
 
+/// Reads one response that ends the connection: it says `Connection: close`, then closes.
+fn read_final_response(tcp: &mut TcpStream) -> RawResponse {
+    let r = read_responses(tcp, 1).remove(0);
+    assert_eq!(r.header("connection"), Some("close"), "status {}", r.status);
+    wait_for_close(tcp, Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("not closed after the {}: {e}", r.status));
+    r
+}
+
 fn edge_and_backend() -> (Edge, Backend) {
     let backend = Backend::start();
     let edge = Edge::start(&config(PROXY, backend.addr));
@@ -128,10 +137,7 @@ fn expect_100_continue_invites_the_body_only_when_it_is_read() {
         "PUT /prod/echo/c HTTP/1.1\r\nHost: {host}\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n"
     )
     .unwrap();
-    let r = read_responses(&mut tcp, 1).remove(0);
-    assert_eq!(r.status, 413);
-    assert_eq!(r.header("connection"), Some("close"));
-    wait_for_close(&mut tcp, Duration::from_secs(3)).expect("closed after the 413");
+    assert_eq!(read_final_response(&mut tcp).status, 413);
 
     // curl sends Expect: 100-continue for large bodies and waits for the invitation.
     let dir = common::TempDir::new("expect");
@@ -270,9 +276,7 @@ fn head_responses_have_no_body_and_keep_the_connection() {
         "GET /prod/mock HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
-    let r = read_responses(&mut tcp, 1).remove(0);
-    assert_eq!(r.header("connection"), Some("close"));
-    wait_for_close(&mut tcp, Duration::from_secs(3)).expect("closed");
+    read_final_response(&mut tcp);
 }
 
 #[test]
@@ -291,10 +295,7 @@ fn oversized_heads_get_431_and_slow_heads_are_cut_off() {
         "GET /prod/mock HTTP/1.1\r\nHost: {host}\r\nx-big: {big}\r\n\r\n"
     )
     .unwrap();
-    let r = read_responses(&mut tcp, 1).remove(0);
-    assert_eq!(r.status, 431);
-    assert_eq!(r.header("connection"), Some("close"));
-    wait_for_close(&mut tcp, Duration::from_secs(3)).expect("closed after the 431");
+    assert_eq!(read_final_response(&mut tcp).status, 431);
 
     let mut tcp = connect(edge.addr, Duration::from_secs(5));
     let many: String = (0..101).map(|i| format!("x-{i}: 1\r\n")).collect();

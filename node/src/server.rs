@@ -433,13 +433,13 @@ async fn serve_connection<G: Send + 'static>(
         shutdown,
         verdict_tx,
     ));
+    // Taken (and sent) once the connection is to close; the verdict is then spent.
     let mut close_tx = Some(close_tx);
-    let mut closing = false;
     loop {
         tokio::select! {
             biased;
             () = conn.as_mut() => break,
-            v = &mut verdict, if !closing => match v {
+            v = &mut verdict, if close_tx.is_some() => match v {
                 Ok(Deadline::HeadTooSlow) => {
                     // A client that trickles its request head (or never finishes it) is cut
                     // off outright: there is no request to finish.
@@ -449,7 +449,6 @@ async fn serve_connection<G: Send + 'static>(
                 Ok(Deadline::Close) | Err(_) => {
                     // HTTP/1 takes no further request and closes between requests at once;
                     // HTTP/2 sends GOAWAY and lets its streams finish.
-                    closing = true;
                     state.closing.store(true, Relaxed);
                     if let Some(tx) = close_tx.take() {
                         let _ = tx.send(());

@@ -35,7 +35,7 @@ use super::ConnState;
 use crate::body::{self, ResponseBody};
 use crate::pipeline;
 use crate::upstream::http1::{
-    self as wire, BodyFraming, Chunked, Decoded, Decoder, Framing, ProtocolError,
+    self as wire, BodyFraming, Chunked, Decoded, Decoder, Framing, ProtocolError, field,
 };
 use crate::worker::Worker;
 
@@ -455,13 +455,6 @@ fn encode_refusal(out: &mut Vec<u8>, status: StatusCode) {
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\n");
     date(out);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 

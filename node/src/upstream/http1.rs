@@ -97,25 +97,27 @@ pub fn encode_head(out: &mut Vec<u8>, head: &RequestHead<'_>, framing: BodyFrami
     out.push(b' ');
     out.extend_from_slice(head.path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut field = |name: &HeaderName, value: &HeaderValue| {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    };
     for (name, value) in head.headers {
         if !head.set.iter().any(|(set, _)| *set == name) {
-            field(name, value);
+            field(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
     for (name, value) in head.set {
-        field(name, value);
+        field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
         BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         BodyFraming::Empty { declare: true } => out.extend_from_slice(b"content-length: 0\r\n"),
         _ => {}
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One `name: value` line of a head.
+pub(crate) fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -546,15 +548,13 @@ impl Decoder {
             match self {
                 Decoder::Done => return Ok(Decoded::End),
                 Decoder::Length(left) => {
-                    if buf.is_empty() {
+                    let Some((data, rest)) = take(left, buf) else {
                         return Ok(Decoded::NeedMore);
-                    }
-                    let n = (*left).min(buf.len() as u64) as usize;
-                    *left -= n as u64;
-                    if *left == 0 {
+                    };
+                    if rest == 0 {
                         *self = Decoder::Done;
                     }
-                    return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                    return Ok(Decoded::Data(data));
                 }
                 Decoder::Eof => {
                     if buf.is_empty() {
@@ -582,15 +582,13 @@ impl Decoder {
                         };
                     }
                     Chunked::Data(left) => {
-                        if buf.is_empty() {
+                        let Some((data, rest)) = take(left, buf) else {
                             return Ok(Decoded::NeedMore);
-                        }
-                        let n = (*left).min(buf.len() as u64) as usize;
-                        *left -= n as u64;
-                        if *left == 0 {
+                        };
+                        if rest == 0 {
                             *state = Chunked::DataEnd;
                         }
-                        return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                        return Ok(Decoded::Data(data));
                     }
                     Chunked::DataEnd => {
                         if buf.len() < 2 {
@@ -628,6 +626,17 @@ impl Decoder {
 }
 
 /// `1a;ext=1\r` → 26. The line ends with CR (its LF is already cut off).
+/// Up to `left` bytes off the front of `buf`, and how many are left after them; `None` when
+/// `buf` is empty.
+fn take(left: &mut u64, buf: &mut BytesMut) -> Option<(Bytes, u64)> {
+    if buf.is_empty() {
+        return None;
+    }
+    let n = (*left).min(buf.len() as u64) as usize;
+    *left -= n as u64;
+    Some((buf.split_to(n).freeze(), *left))
+}
+
 fn chunk_size(line: &[u8]) -> Result<u64, ProtocolError> {
     let line = line
         .strip_suffix(b"\r")
