@@ -413,12 +413,10 @@ impl RaftNetwork<TypeConfig> for QuicRaftClient {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
-        if let Some(durable) = &self.shared.durable {
-            let durable = *durable.borrow();
-            if rpc.leader_commit > durable {
-                rpc.leader_commit = durable;
-                self.shared.held_back.store(true, Ordering::Release);
-            }
+        if let Some(durable) = &self.shared.durable
+            && hold_back_commit(&mut rpc.leader_commit, *durable.borrow())
+        {
+            self.shared.held_back.store(true, Ordering::Release);
         }
         let entries = rpc.entries.len() as u64;
         let frame = self.encode(&RaftRequest::AppendEntries(rpc))?;
@@ -469,5 +467,38 @@ impl RaftNetwork<TypeConfig> for QuicRaftClient {
                 .saturating_mul(1u32 << i.min(5))
                 .min(Duration::from_secs(2))
         }))
+    }
+}
+
+/// Lowers the commit index a leader sends to its durable log end; says whether it did.
+fn hold_back_commit(leader_commit: &mut Option<LogId>, durable: Option<LogId>) -> bool {
+    if *leader_commit > durable {
+        *leader_commit = durable;
+        return true;
+    }
+    false
+}
+
+#[cfg(test)]
+mod hold_back_tests {
+    use super::{LogId, hold_back_commit};
+
+    fn id(term: u64, index: u64) -> Option<LogId> {
+        Some(LogId::new(openraft::CommittedLeaderId::new(term, 1), index))
+    }
+
+    #[test]
+    fn the_commit_index_sent_never_passes_the_durable_log() {
+        let mut commit = id(2, 9);
+        assert!(hold_back_commit(&mut commit, id(2, 7)));
+        assert_eq!(commit, id(2, 7));
+        let mut commit = id(2, 9);
+        assert!(hold_back_commit(&mut commit, None));
+        assert_eq!(commit, None);
+        for durable in [id(2, 9), id(2, 12)] {
+            let mut commit = id(2, 9);
+            assert!(!hold_back_commit(&mut commit, durable));
+            assert_eq!(commit, id(2, 9));
+        }
     }
 }

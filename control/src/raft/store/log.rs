@@ -97,7 +97,7 @@ enum Job {
 }
 
 struct WriterHandle {
-    tx: Mutex<mpsc::Sender<Job>>,
+    tx: mpsc::Sender<Job>,
     queued_bytes: Arc<AtomicUsize>,
     failed: Arc<AtomicBool>,
 }
@@ -116,7 +116,7 @@ impl WriterHandle {
             })
             .ctx("starting the log writer thread")?;
         Ok(WriterHandle {
-            tx: Mutex::new(tx),
+            tx,
             queued_bytes,
             failed,
         })
@@ -129,8 +129,6 @@ impl WriterHandle {
             ));
         }
         self.tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .send(job)
             .map_err(|_| AnyError::error("the log writer stopped"))
     }
@@ -268,12 +266,11 @@ impl LogStore {
         let meta = txn.open_table(META).ctx("reading the log metadata")?;
         let vote: Option<Vote> = read_meta(&meta, key::VOTE)?;
         let last_purged: Option<LogId> = read_meta(&meta, key::LAST_PURGED)?;
-        let (_, _, entries) = self.wal.first_last();
         Ok(LogSummary {
             vote,
             committed: self.wal.committed(),
             last_purged,
-            entries,
+            entries: self.wal.written_len(),
         })
     }
 
@@ -383,7 +380,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .read_meta_record(key::LAST_PURGED)
             .await
             .map_err(|e| io(StorageIOError::read_logs(e)))?;
-        let (_, last, _) = self.wal.first_last();
+        let last = self.wal.last();
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last.or(last_purged),

@@ -194,15 +194,11 @@ fn open_blocking(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError
         let meta = txn.open_table(META).map_err(|e| db_err(e.into()))?;
         read_meta::<LogId>(&meta, key::LAST_PURGED).map_err(corrupt)?
     };
-    let replayed = wal::Wal::open(&wal_dir, last_purged).map_err(|e| StoreError::Corrupt {
+    let wal = wal::Wal::open(&wal_dir, last_purged).map_err(|e| StoreError::Corrupt {
         path: wal_dir.clone(),
         detail: e.to_string(),
     })?;
-    if let Some((file, offset, bytes)) = &replayed.torn {
-        tracing::warn!(file = %file.display(), offset, bytes, "discarded the torn end of the log (a write cut short by a crash; it was never acknowledged)");
-    }
-    let log =
-        LogStore::new(db.clone(), replayed.wal).map_err(|e| StoreError::Task(e.to_string()))?;
+    let log = LogStore::new(db.clone(), wal).map_err(|e| StoreError::Task(e.to_string()))?;
     let summary = log.check().map_err(corrupt)?;
     let image = state_machine::load_snapshot(&db).map_err(corrupt)?;
     let sm = StateMachineStore::new(db, image, log.durability());
@@ -232,8 +228,7 @@ fn upgrade(db: &Database, wal_dir: &Path, from: u64) -> Result<(), AnyError> {
     let meta = txn.open_table(META).ctx("reading the log metadata")?;
     let last_purged: Option<LogId> = read_meta(&meta, key::LAST_PURGED)?;
     let committed: Option<Option<LogId>> = read_meta(&meta, key::COMMITTED)?;
-    let replayed = wal::Wal::open(wal_dir, last_purged)?;
-    let wal = replayed.wal;
+    let wal = wal::Wal::open(wal_dir, last_purged)?;
     wal.save_committed(committed.flatten())?;
     match txn.open_table(LOG) {
         Ok(log) => {

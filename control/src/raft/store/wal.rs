@@ -93,13 +93,6 @@ pub(super) struct Wal {
     durable: watch::Sender<Option<LogId>>,
 }
 
-/// What [`Wal::open`] found.
-pub(super) struct Replayed {
-    pub wal: Wal,
-    /// Bytes discarded as a torn last write, if any.
-    pub torn: Option<(PathBuf, u64, u64)>,
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -182,7 +175,7 @@ fn parse(bytes: &[u8], at: usize) -> Parsed {
 impl Wal {
     /// Opens the log in `dir` (creating it), replays it, drops entries at or before
     /// `last_purged`, and repairs a torn last write.
-    pub(super) fn open(dir: &Path, last_purged: Option<LogId>) -> Result<Replayed, AnyError> {
+    pub(super) fn open(dir: &Path, last_purged: Option<LogId>) -> Result<Wal, AnyError> {
         std::fs::create_dir_all(dir).ctx(format!("creating {}", dir.display()))?;
         let mut seqs = Vec::new();
         for item in std::fs::read_dir(dir).ctx(format!("listing {}", dir.display()))? {
@@ -199,7 +192,6 @@ impl Wal {
         seqs.sort_unstable();
 
         let mut index = Index::default();
-        let mut torn = None;
         let mut tail: Option<(u64, Arc<File>, u64, u64)> = None;
         for (i, &seq) in seqs.iter().enumerate() {
             let last = i + 1 == seqs.len();
@@ -216,8 +208,7 @@ impl Wal {
                 match parse(&bytes, at) {
                     Parsed::End => break,
                     Parsed::Bad(why) if last => {
-                        torn = Some((path.clone(), at as u64, (bytes.len() - at) as u64));
-                        tracing::warn!(file = %path.display(), offset = at, "{why}: taking it as a write cut short by a crash, and the end of the log");
+                        tracing::warn!(file = %path.display(), offset = at, discarded_bytes = bytes.len() - at, "{why}: taking it as a write cut short by a crash (never acknowledged), and the end of the log");
                         // Zeroed, so that what follows can never be read as records.
                         let zeros = vec![0u8; bytes.len() - at];
                         file.write_all_at(&zeros, at as u64)
@@ -322,27 +313,26 @@ impl Wal {
             }
         };
         let durable = index.entries.last_key_value().map(|(_, l)| l.log_id);
-        Ok(Replayed {
-            wal: Wal {
-                dir: dir.to_path_buf(),
-                writer: Mutex::new(writer),
-                index: Mutex::new(index),
-                durable: watch::Sender::new(durable.or(last_purged)),
-            },
-            torn,
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            writer: Mutex::new(writer),
+            index: Mutex::new(index),
+            durable: watch::Sender::new(durable.or(last_purged)),
         })
     }
 
-    /// The first and last entries (written or pending) and how many are written.
-    pub(super) fn first_last(&self) -> (Option<LogId>, Option<LogId>, u64) {
+    /// The last entry, written or pending.
+    pub(super) fn last(&self) -> Option<LogId> {
         let index = lock(&self.index);
-        let first = index.entries.first_key_value().map(|(_, l)| l.log_id);
-        let last = match index.pending.last_key_value() {
+        match index.pending.last_key_value() {
             Some((_, e)) => Some(e.log_id),
             None => index.entries.last_key_value().map(|(_, l)| l.log_id),
-        };
-        let first = first.or_else(|| index.pending.first_key_value().map(|(_, e)| e.log_id));
-        (first, last, index.entries.len() as u64)
+        }
+    }
+
+    /// How many entries are written.
+    pub(super) fn written_len(&self) -> u64 {
+        lock(&self.index).entries.len() as u64
     }
 
     /// Watches the last durable entry.
@@ -408,7 +398,7 @@ impl Wal {
         if let Some(c) = committed {
             record(KIND_COMMITTED, &encode(&c)?, &mut buf);
         }
-        let (seq, file, at) = self.write(&buf, true)?;
+        let (seq, at) = self.write(&buf, true)?;
         let mut index = lock(&self.index);
         if let Some(c) = committed {
             index.committed = c;
@@ -433,14 +423,6 @@ impl Wal {
         }
         if let Some(segment) = index.segments.get_mut(&seq) {
             segment.max_index = segment.max_index.max(entries.last().map(|e| e.0.index));
-        } else {
-            index.segments.insert(
-                seq,
-                Segment {
-                    file,
-                    max_index: entries.last().map(|e| e.0.index),
-                },
-            );
         }
         drop(index);
         self.durable.send_replace(entries.last().map(|e| e.0));
@@ -459,13 +441,8 @@ impl Wal {
     pub(super) fn save_committed(&self, committed: Option<LogId>) -> Result<(), AnyError> {
         let mut buf = Vec::new();
         record(KIND_COMMITTED, &encode(&committed)?, &mut buf);
-        let (seq, file, _) = self.write(&buf, false)?;
-        let mut index = lock(&self.index);
-        index.committed = committed;
-        index.segments.entry(seq).or_insert(Segment {
-            file,
-            max_index: None,
-        });
+        self.write(&buf, false)?;
+        lock(&self.index).committed = committed;
         Ok(())
     }
 
@@ -473,14 +450,10 @@ impl Wal {
     pub(super) fn truncate(&self, from: u64) -> Result<(), AnyError> {
         let mut buf = Vec::new();
         record(KIND_TRUNCATE, &encode(&from)?, &mut buf);
-        let (seq, file, _) = self.write(&buf, true)?;
+        self.write(&buf, true)?;
         let mut index = lock(&self.index);
         index.entries.split_off(&from);
         index.pending.split_off(&from);
-        index.segments.entry(seq).or_insert(Segment {
-            file,
-            max_index: None,
-        });
         let last = index.entries.last_key_value().map(|(_, l)| l.log_id);
         drop(index);
         self.durable.send_modify(|d| {
@@ -550,7 +523,7 @@ impl Wal {
 
     /// Writes `buf` at the end of the active segment (a new one if it does not fit), and
     /// `fdatasync`s it if `durable`. Returns the segment and the offset written at.
-    fn write(&self, buf: &[u8], durable: bool) -> Result<(u64, Arc<File>, u64), AnyError> {
+    fn write(&self, buf: &[u8], durable: bool) -> Result<(u64, u64), AnyError> {
         let mut w = lock(&self.writer);
         if w.at + buf.len() as u64 > w.capacity {
             // Everything in the old segment is durable before the new one gets a record, so
@@ -558,17 +531,23 @@ impl Wal {
             w.file.sync_data().ctx("syncing the full log segment")?;
             // Each segment restates the commit pointer, so that purging older segments never
             // loses it.
+            let mut index = lock(&self.index);
             let mut head = Vec::new();
-            record(
-                KIND_COMMITTED,
-                &encode(&lock(&self.index).committed)?,
-                &mut head,
-            );
+            record(KIND_COMMITTED, &encode(&index.committed)?, &mut head);
             let seq = w.seq + 1;
             let capacity = SEGMENT_BYTES.max((head.len() + buf.len()) as u64);
             let file = create_segment(&self.dir, seq, capacity)?;
             file.write_all_at(&head, 0)
                 .ctx(format!("writing to log segment {seq}"))?;
+            // Readers find a segment as soon as it exists.
+            index.segments.insert(
+                seq,
+                Segment {
+                    file: file.clone(),
+                    max_index: None,
+                },
+            );
+            drop(index);
             *w = Writer {
                 seq,
                 file,
@@ -586,7 +565,7 @@ impl Wal {
                 .sync_data()
                 .ctx(format!("syncing log segment {}", w.seq))?;
         }
-        Ok((w.seq, w.file.clone(), at))
+        Ok((w.seq, at))
     }
 }
 
