@@ -518,6 +518,7 @@ apis:
         .unwrap();
         assert_eq!(r.text(), "first");
     });
-    let v = edge.metric(first);
-    assert!(v >= 4.0, "the counter went backwards across reloads: {v}");
+    // The request is counted after its response is written, so wait for it.
+    let v = edge.wait_metric(first, 4.0, Duration::from_secs(2));
+    assert_eq!(v, 4.0, "the counter did not continue across reloads: {v}");
 }

@@ -250,7 +250,11 @@ fn the_default_stage_serves_the_root_path_and_named_stages_their_prefix() {
         2.0
     );
     assert_eq!(
-        edge.metric("portico_requests_total{api=\"root\",stage=\"v2\"}"),
+        edge.wait_metric(
+            "portico_requests_total{api=\"root\",stage=\"v2\"}",
+            1.0,
+            std::time::Duration::from_secs(2)
+        ),
         1.0
     );
 }
