@@ -17,9 +17,10 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::fields::Fields;
 use crate::metrics::StageMetrics;
 use crate::server::ConnState;
-use crate::upstream::{BackendBody, BackendBodyError, RawFields};
+use crate::upstream::{BackendBody, BackendBodyError};
 
 /// The body the request body becomes on its way to a backend.
 pub type UpstreamBody = http_body_util::Limited<RequestBody>;
@@ -107,7 +108,7 @@ impl ResponseBody {
 
     /// A proxied response's fields as the backend sent them, when they are not in the
     /// response's header map ([`BackendBody::fields`]).
-    pub fn backend_fields(&self) -> Option<&RawFields> {
+    pub fn backend_fields(&self) -> Option<&Fields> {
         match &self.kind {
             Kind::Backend(body) => body.fields(),
             Kind::Full(_) => None,

@@ -75,6 +75,8 @@ pub struct BackendCall {
     pub timeout: Duration,
     /// `$default` routes forward the whole request path below the stage, as AWS HTTP APIs do.
     pub append_request_path: bool,
+    /// A literal part holds `?`: the template has a query of its own.
+    pub template_query: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -357,6 +359,31 @@ fn backend_call(
     if !literal.is_empty() {
         path.push(PathPart::Literal(literal.into()));
     }
+    // Checked here so that the request path need not be: path parameters come from a valid
+    // request path, and queries are valid or percent-encoded.
+    let sample: String = path
+        .iter()
+        .map(|p| match p {
+            PathPart::Literal(l) => l,
+            PathPart::Param(_) => "p",
+        })
+        .collect();
+    if !sample.is_empty() {
+        // A `#` would parse, as the start of a fragment, which a request target cannot have.
+        let parsed = http::uri::PathAndQuery::try_from(sample.as_str()).map_err(|e| e.to_string());
+        if let Err(e) = parsed.and_then(|p| {
+            (p.as_str() == sample)
+                .then_some(())
+                .ok_or_else(|| "it has a fragment".to_string())
+        }) {
+            return Err(format!(
+                "uri {uri:?} gives an invalid backend path {sample:?}: {e}"
+            ));
+        }
+    }
+    let template_query = path
+        .iter()
+        .any(|p| matches!(p, PathPart::Literal(l) if l.contains('?')));
     let port = parsed
         .port_u16()
         .unwrap_or(if template.https { 443 } else { 80 });
@@ -375,6 +402,7 @@ fn backend_call(
         },
         timeout: Duration::from_millis(ig.timeout_ms),
         append_request_path: matches!(key, RouteKey::Default),
+        template_query,
     })
 }
 
@@ -431,6 +459,33 @@ apis:
         assert_eq!(cfg.apis["everywhere"].listener, Listener::Public);
         assert_eq!(cfg.apis["home"].listener, Listener::Public);
         assert_eq!(cfg.apis["inside"].listener, Listener::Private);
+    }
+
+    #[test]
+    fn a_backend_path_that_is_no_uri_path_is_refused() {
+        let doc = parse_document(
+            r#"
+apis:
+  - id: a
+    kind: http
+    routes:
+      - key: GET /x/{id}
+        integration: { type: http_proxy, uri: "http://127.0.0.1:9/v/${stageVariables.p}/{id}?q=1" }
+    stages:
+      - { name: ok, variables: { p: fine } }
+      - { name: bad, variables: { p: "a#b" } }
+"#,
+            Format::Yaml,
+        )
+        .unwrap();
+        let err = compile(&doc, 1, &Metrics::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stages[1]"), "{err}");
+        assert!(
+            err.contains("invalid backend path \"/v/a#b/p?q=1\""),
+            "{err}"
+        );
     }
 
     #[test]

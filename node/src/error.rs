@@ -62,8 +62,6 @@ pub enum IntegrationError {
     BodyTooLarge { limit: u64 },
     #[error("reading the request body failed: {reason}")]
     ClientBody { reason: String },
-    #[error("the integration is misconfigured: {reason}")]
-    Misconfigured { reason: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +89,6 @@ impl GatewayError {
                 }
                 IntegrationError::BodyTooLarge { .. } => T::RequestTooLarge,
                 IntegrationError::ClientBody { .. } => T::BadRequestBody,
-                IntegrationError::Misconfigured { .. } => T::ApiConfigurationError,
             },
         }
     }

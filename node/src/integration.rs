@@ -3,15 +3,15 @@
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
-use http::request::Parts;
-use http::uri::PathAndQuery;
-use http::{HeaderMap, Method, Request, Response};
+use http::{HeaderMap, Method, Response, Uri};
 
 use crate::body::{RequestBody, ResponseBody, UpstreamBody};
 use crate::compile::{
     BackendCall, CompiledIntegration, HttpCall, MockResponse, PathPart, ResponseValue, Source,
 };
 use crate::error::IntegrationError;
+use crate::fields::Fields;
+use crate::request::ClientRequest;
 use crate::request_id::REQUEST_ID;
 use crate::upstream::{BackendBody, RequestHead};
 use crate::worker::Worker;
@@ -20,8 +20,6 @@ static HOST: HeaderName = header::HOST;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// What the integration needs to know about the request besides the request itself.
 pub struct CallContext<'a> {
@@ -45,21 +43,27 @@ pub async fn call(
     worker: &Worker,
     integration: &CompiledIntegration,
     ctx: &CallContext<'_>,
-    req: Request<RequestBody>,
+    req: ClientRequest,
 ) -> Result<Outcome, IntegrationError> {
     match integration {
         CompiledIntegration::Mock(mock) => {
             // Read the request body to its end before answering, so the connection stays
             // usable and a client still uploading does not see a reset.
-            drain(worker, req.into_body()).await?;
+            drain(worker, req.body).await?;
             Ok(Outcome {
                 response: mock_response(mock),
                 latency: None,
             })
         }
         CompiledIntegration::HttpProxy(call) => {
-            let (parts, body) = req.into_parts();
-            let upstream = proxy_request(call, ctx, parts)?;
+            let ClientRequest {
+                method,
+                uri,
+                fields,
+                body,
+                ..
+            } = req;
+            let upstream = proxy_request(call, ctx, method, &uri, fields)?;
             // The backend client has already consumed the response's connection-level fields.
             let (response, latency) = send(worker, call, upstream, limit(worker, body)).await?;
             Ok(Outcome {
@@ -68,8 +72,14 @@ pub async fn call(
             })
         }
         CompiledIntegration::Http(http) => {
-            let (parts, body) = req.into_parts();
-            let upstream = http_request(http, ctx, parts)?;
+            let ClientRequest {
+                method,
+                uri,
+                fields,
+                body,
+                ..
+            } = req;
+            let upstream = http_request(http, ctx, method, &uri, &fields)?;
             let (response, latency) =
                 send(worker, &http.call, upstream, limit(worker, body)).await?;
             Ok(Outcome {
@@ -107,9 +117,10 @@ fn limit(worker: &Worker, body: RequestBody) -> UpstreamBody {
 /// A backend request before it is written.
 struct BackendRequest {
     method: Method,
-    path: PathAndQuery,
+    /// Valid by construction (see `compile::backend_call`).
+    path: String,
     /// Sent except for the fields `forwarded` sets.
-    headers: HeaderMap,
+    headers: Fields,
     forwarded: Forwarded,
 }
 
@@ -123,7 +134,7 @@ async fn send(
     let fields = req.forwarded.fields();
     let head = RequestHead {
         method: &req.method,
-        path: req.path.as_str(),
+        path: &req.path,
         headers: &req.headers,
         set: &fields.0[..fields.1],
     };
@@ -147,24 +158,20 @@ fn mock_response(mock: &MockResponse) -> Response<ResponseBody> {
     response
 }
 
-/// `http_proxy`: the client's request as it is, addressed to the backend.
+/// `http_proxy`: the client's request as it is, addressed to the backend. Its fields are
+/// end-to-end ones already (the protocol layer took the rest).
 fn proxy_request(
     call: &BackendCall,
     ctx: &CallContext<'_>,
-    parts: Parts,
+    method: Method,
+    uri: &Uri,
+    headers: Fields,
 ) -> Result<BackendRequest, IntegrationError> {
-    let Parts {
-        method,
-        uri,
-        mut headers,
-        ..
-    } = parts;
-    let original_host = original_host(&uri, &headers);
-    strip_hop_by_hop(&mut headers);
+    let original_host = original_host(uri, &headers);
     let forwarded = Forwarded::new(call, ctx, &headers, original_host);
     Ok(BackendRequest {
         method: call.method.clone().unwrap_or(method),
-        path: render_path(call, ctx, uri.query(), &[])?,
+        path: render_path(call, ctx, uri.query(), &[]),
         headers,
         forwarded,
     })
@@ -174,17 +181,18 @@ fn proxy_request(
 fn http_request(
     http: &HttpCall,
     ctx: &CallContext<'_>,
-    parts: Parts,
+    method: Method,
+    uri: &Uri,
+    client: &Fields,
 ) -> Result<BackendRequest, IntegrationError> {
-    let client = &parts.headers;
     let mut headers = HeaderMap::new();
     for name in [
         header::CONTENT_TYPE,
         header::CONTENT_LENGTH,
         header::CONTENT_ENCODING,
     ] {
-        if let Some(v) = client.get(&name) {
-            headers.insert(name, v.clone());
+        if let Some(v) = client.value(name.as_str()) {
+            headers.insert(name, v);
         }
     }
     // Path parameters and client query values arrive percent-encoded and are passed on as
@@ -193,11 +201,11 @@ fn http_request(
         match source {
             Source::Param(i) => ctx.params.get(*i).map(|s| Mapped::Encoded(s.to_string())),
             Source::Query(name) => {
-                query_value(parts.uri.query(), name).map(|v| Mapped::Encoded(v.to_string()))
+                query_value(uri.query(), name).map(|v| Mapped::Encoded(v.to_string()))
             }
             Source::Header(h) => client
-                .get(h)
-                .and_then(|v| v.to_str().ok())
+                .get(h.as_str())
+                .and_then(|v| std::str::from_utf8(v).ok())
                 .map(|v| Mapped::Plain(v.to_string())),
             Source::RequestId => ctx
                 .request_id
@@ -226,11 +234,12 @@ fn http_request(
             })
         })
         .collect();
-    let original_host = original_host(&parts.uri, client);
+    let original_host = original_host(uri, client);
+    let headers = Fields::from_map(&headers);
     let forwarded = Forwarded::new(&http.call, ctx, &headers, original_host);
     Ok(BackendRequest {
-        method: http.call.method.clone().unwrap_or(parts.method),
-        path: render_path(&http.call, ctx, None, &query)?,
+        method: http.call.method.clone().unwrap_or(method),
+        path: render_path(&http.call, ctx, None, &query),
         headers,
         forwarded,
     })
@@ -270,10 +279,10 @@ fn map_http_response(http: &HttpCall, response: Response<BackendBody>) -> Respon
     out
 }
 
-fn original_host(uri: &http::Uri, headers: &HeaderMap) -> Option<HeaderValue> {
+fn original_host(uri: &Uri, headers: &Fields) -> Option<HeaderValue> {
     match uri.authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => headers.get(header::HOST).cloned(),
+        None => headers.value("host"),
     }
 }
 
@@ -291,14 +300,14 @@ impl Forwarded {
     fn new(
         call: &BackendCall,
         ctx: &CallContext<'_>,
-        headers: &HeaderMap,
+        headers: &Fields,
         original_host: Option<HeaderValue>,
     ) -> Forwarded {
-        let mut chain = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+        let mut chain = headers.get_all("x-forwarded-for").peekable();
         let forwarded_for = match chain.peek() {
             None => ctx.client_ip.clone(),
             Some(_) => {
-                let mut joined: Vec<&[u8]> = chain.map(HeaderValue::as_bytes).collect();
+                let mut joined: Vec<&[u8]> = chain.collect();
                 joined.push(ctx.client_ip.as_bytes());
                 HeaderValue::from_bytes(&joined.join(&b", "[..]))
                     .unwrap_or_else(|_| ctx.client_ip.clone())
@@ -329,49 +338,6 @@ impl Forwarded {
     }
 }
 
-/// Connection-level headers never cross a proxy (RFC 9110 §7.6.1), including any that the
-/// `Connection` header names. Only names actually present are removed: most backends send
-/// `Connection: keep-alive` on every response, and a removal per hop-by-hop name would hash
-/// each of them every time.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    let mut doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n))
-        .cloned()
-        .collect();
-    for value in headers.get_all(header::CONNECTION) {
-        let Ok(value) = value.to_str() else { continue };
-        for token in value.split(',').map(str::trim) {
-            // "close" is no header, and "keep-alive" is already on the list when present.
-            if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
-                && headers.contains_key(&name)
-            {
-                doomed.push(name);
-            }
-        }
-    }
-    for name in doomed {
-        headers.remove(name);
-    }
-}
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::PROXY_AUTHENTICATE
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
-}
-
 /// The backend path: the template with path parameters filled in, the request path appended
 /// for `$default` routes, and the template's, the client's and mapped query strings joined.
 fn render_path(
@@ -379,7 +345,7 @@ fn render_path(
     ctx: &CallContext<'_>,
     client_query: Option<&str>,
     mapped_query: &[String],
-) -> Result<PathAndQuery, IntegrationError> {
+) -> String {
     let mut s = String::with_capacity(128);
     for part in &call.path {
         match part {
@@ -387,7 +353,7 @@ fn render_path(
             PathPart::Param(i) => s.push_str(ctx.params.get(*i).copied().unwrap_or("")),
         }
     }
-    let template_query = match s.find('?') {
+    let template_query = match call.template_query.then(|| s.find('?')).flatten() {
         Some(i) => {
             let q = s[i + 1..].to_string();
             s.truncate(i);
@@ -423,9 +389,7 @@ fn render_path(
     for pair in mapped_query {
         push_query(&mut s, pair);
     }
-    PathAndQuery::try_from(s).map_err(|e| IntegrationError::Misconfigured {
-        reason: format!("the backend path is not a valid URI path: {e}"),
-    })
+    s
 }
 
 /// A mapped request value, and whether it is already percent-encoded.
@@ -469,6 +433,9 @@ mod tests {
     use std::sync::Arc;
 
     fn call(path: Vec<PathPart>, append: bool) -> BackendCall {
+        let template_query = path
+            .iter()
+            .any(|p| matches!(p, PathPart::Literal(l) if l.contains('?')));
         BackendCall {
             backend: Backend {
                 https: false,
@@ -480,6 +447,7 @@ mod tests {
             method: None,
             timeout: Duration::from_secs(1),
             append_request_path: append,
+            template_query,
         }
     }
 
@@ -509,33 +477,14 @@ mod tests {
             &ctx(&["7"], "/x", &id),
             Some("a=b"),
             &["q=x%20y".into()],
-        )
-        .unwrap();
+        );
         assert_eq!(p.as_str(), "/pets/7?v=1&a=b&q=x%20y");
 
         let d = call(vec![], true);
-        let p = render_path(&d, &ctx(&[], "/deep/path", &id), None, &[]).unwrap();
+        let p = render_path(&d, &ctx(&[], "/deep/path", &id), None, &[]);
         assert_eq!(p.as_str(), "/deep/path");
-        let p = render_path(&d, &ctx(&[], "", &id), None, &[]).unwrap();
+        let p = render_path(&d, &ctx(&[], "", &id), None, &[]);
         assert_eq!(p.as_str(), "/");
-    }
-
-    #[test]
-    fn strips_connection_named_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("close, x-secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-kept"));
     }
 
     #[test]

@@ -16,15 +16,15 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::header::{self, HeaderValue};
+use http::Response;
 use http::uri::PathAndQuery;
-use http::{Request, Response};
 
 use crate::access_log::AccessRecord;
-use crate::body::{Finish, RequestBody, ResponseBody};
+use crate::body::{Finish, ResponseBody};
 use crate::compile::{CompiledStage, EdgeConfig};
 use crate::error::{GatewayError, RouteError, gateway_response};
 use crate::integration::{self, CallContext};
+use crate::request::ClientRequest;
 use crate::request_id::{self, REQUEST_ID};
 use crate::server::{ConnState, Listener};
 use crate::worker::Worker;
@@ -39,23 +39,23 @@ struct Exchange {
 pub async fn handle(
     worker: Arc<Worker>,
     conn: Arc<ConnState>,
-    req: Request<RequestBody>,
+    req: ClientRequest,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     conn.request_started();
-    let request_id = request_id::for_request(req.headers());
+    let request_id = request_id::for_request(&req.fields);
     let config = worker.config.current();
     let mut exchange = Exchange {
         record: AccessRecord {
             request_id: request_id.clone(),
             source_ip: conn.peer.ip(),
-            method: req.method().clone(),
+            method: req.method.clone(),
             path: req
-                .uri()
+                .uri
                 .path_and_query()
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
-            protocol: req.version(),
+            protocol: req.version,
             request_time: SystemTime::now(),
             api_id: None,
             stage: None,
@@ -100,7 +100,7 @@ async fn run(
     config: &EdgeConfig,
     conn: &ConnState,
     exchange: &mut Exchange,
-    req: Request<RequestBody>,
+    req: ClientRequest,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     // Phase 1 — route: the API from the Host (among those this connection's listener serves),
     // the stage from the first path segment, the route from the rest of the path.
@@ -140,7 +140,7 @@ fn route<'p>(
     worker: &Worker,
     config: &EdgeConfig,
     listener: Listener,
-    req: &Request<RequestBody>,
+    req: &ClientRequest,
     path: &'p str,
     exchange: &mut Exchange,
 ) -> Result<Routed<'p>, RouteError> {
@@ -161,7 +161,7 @@ fn route<'p>(
         })?;
 
     let rest = path.strip_prefix('/').unwrap_or(path);
-    let first = rest.split_once('/').map_or(rest, |(first, _)| first);
+    let first = &rest[..rest.bytes().position(|b| b == b'/').unwrap_or(rest.len())];
     let (stage, stage_path) = match api.stages.get(first) {
         Some(stage) if first != "$default" => (stage, &path[1 + first.len()..]),
         _ => match &api.default_stage {
@@ -186,7 +186,7 @@ fn route<'p>(
     exchange.record.api_id = Some(stage.api_id.clone());
     exchange.record.stage = Some(stage.name.clone());
     exchange.stage = Some(stage.clone());
-    match stage.router.find(req.method(), stage_path) {
+    match stage.router.find(&req.method, stage_path) {
         Some(m) => Ok(Routed {
             stage: stage.clone(),
             route: m.route,
@@ -196,7 +196,7 @@ fn route<'p>(
         None => Err(RouteError::NoRoute {
             api: api.id.to_string(),
             stage: stage.name.to_string(),
-            method: req.method().to_string(),
+            method: req.method.to_string(),
             path: if stage_path.is_empty() {
                 "/".into()
             } else {
@@ -209,22 +209,22 @@ fn route<'p>(
 
 /// The host a request is for: the URI's authority (HTTP/2, absolute-form), else the one Host
 /// header. RFC 9112 §3.2: an HTTP/1.1 request without a Host, or with more than one, is a 400.
-fn request_host(req: &Request<RequestBody>) -> Result<&str, RouteError> {
-    if let Some(h) = req.uri().host() {
+fn request_host(req: &ClientRequest) -> Result<&str, RouteError> {
+    if let Some(h) = req.uri.host() {
         return Ok(h);
     }
-    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let mut hosts = req.fields.get_all("host");
     match (hosts.next(), hosts.next()) {
-        (Some(h), None) => h.to_str().map_err(|_| RouteError::BadHost {
+        (Some(h), None) => std::str::from_utf8(h).map_err(|_| RouteError::BadHost {
             reason: "the Host header is not valid text".into(),
         }),
         (Some(_), Some(_)) => Err(RouteError::BadHost {
             reason: format!(
                 "the request has {} Host headers; exactly one is allowed",
-                req.headers().get_all(header::HOST).iter().count()
+                req.fields.get_all("host").count()
             ),
         }),
-        (None, _) if req.version() == http::Version::HTTP_11 => Err(RouteError::BadHost {
+        (None, _) if req.version == http::Version::HTTP_11 => Err(RouteError::BadHost {
             reason: "the request has no Host header".into(),
         }),
         (None, _) => Ok(""),
@@ -233,8 +233,8 @@ fn request_host(req: &Request<RequestBody>) -> Result<&str, RouteError> {
 
 /// `demo.portico.localhost:8080` → `demo`.
 fn api_id_from_host<'h>(host: &'h str, suffix: &str) -> Option<&'h str> {
-    let host = match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+    let host = match host.bytes().rposition(|b| b == b':') {
+        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
         _ => host,
     };
     let host = host.strip_suffix('.').unwrap_or(host);
@@ -249,11 +249,11 @@ fn api_id_from_host<'h>(host: &'h str, suffix: &str) -> Option<&'h str> {
     (!label.is_empty() && !label.contains('.')).then_some(label)
 }
 
-fn check_declared_length(worker: &Worker, req: &Request<RequestBody>) -> Result<(), RouteError> {
+fn check_declared_length(worker: &Worker, req: &ClientRequest) -> Result<(), RouteError> {
     let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v: &HeaderValue| v.to_str().ok())
+        .fields
+        .get("content-length")
+        .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.parse::<u64>().ok());
     match declared {
         Some(length) if length > worker.settings.max_body_bytes => Err(RouteError::BodyTooLarge {

@@ -1,20 +1,20 @@
 //! Request ids: the client's `x-request-id` when it is well formed, else a fresh UUID-shaped id.
 
-use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
+
+use crate::fields::Fields;
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub fn for_request(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&REQUEST_ID) {
-        let b = v.as_bytes();
-        if !b.is_empty()
-            && b.len() <= 64
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
-        {
-            return v.clone();
-        }
+pub fn for_request(fields: &Fields) -> HeaderValue {
+    if let Some(b) = fields.get("x-request-id")
+        && !b.is_empty()
+        && b.len() <= 64
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+        && let Ok(v) = HeaderValue::from_bytes(b)
+    {
+        return v;
     }
     generate()
 }
@@ -51,10 +51,10 @@ mod tests {
         assert_eq!(&s[14..15], "4");
         assert_ne!(generate(), id);
 
-        let mut h = HeaderMap::new();
+        let mut h = http::HeaderMap::new();
         h.insert(&REQUEST_ID, HeaderValue::from_static("client-abc.1"));
-        assert_eq!(for_request(&h), "client-abc.1");
+        assert_eq!(for_request(&Fields::from_map(&h)), "client-abc.1");
         h.insert(&REQUEST_ID, HeaderValue::from_static("has space"));
-        assert_ne!(for_request(&h), "has space");
+        assert_ne!(for_request(&Fields::from_map(&h)), "has space");
     }
 }

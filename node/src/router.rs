@@ -127,7 +127,8 @@ fn next_segment(rest: &str) -> Option<(&str, &str)> {
     if rest.is_empty() {
         return None;
     }
-    Some(match rest.find('/') {
+    // A byte scan: path segments are short, and `str::find` set up a searcher for each.
+    Some(match rest.bytes().position(|b| b == b'/') {
         Some(i) => (&rest[..i], &rest[i + 1..]),
         None => (rest, ""),
     })

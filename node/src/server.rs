@@ -28,9 +28,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::access_log::{AccessLog, FLUSH_INTERVAL};
-use crate::body::RequestBody;
 use crate::metrics::Metrics;
 use crate::pipeline;
+use crate::request::ClientRequest;
 use crate::settings::EdgeSettings;
 use crate::store::ConfigStore;
 use crate::upstream::http1::poll_read_buf;
@@ -53,7 +53,10 @@ pub struct ConnState {
     /// The peer's IP as a header value, built once per connection for X-Forwarded-For.
     pub peer_ip: http::HeaderValue,
     pub in_flight: AtomicU32,
-    last_activity_ms: AtomicU64,
+    /// Bytes moved or a request ended since the idle watchdog last looked. A flag, not a
+    /// timestamp: it is set several times per request, and reading the clock each time cost
+    /// more than the rest of the bookkeeping (the watchdog keeps the time instead).
+    active: AtomicBool,
     /// When the first byte of an HTTP/1 request head arrived on an otherwise idle connection;
     /// 0 while no head is pending. HTTP/2 connections never set it: their frames are not
     /// request heads.
@@ -78,7 +81,7 @@ impl ConnState {
             peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
             in_flight: AtomicU32::new(0),
-            last_activity_ms: AtomicU64::new(now_ms()),
+            active: AtomicBool::new(true),
             head_started_ms: AtomicU64::new(0),
             is_h2: AtomicBool::new(false),
             closing: AtomicBool::new(false),
@@ -119,14 +122,12 @@ impl ConnState {
     }
 
     pub fn touch(&self) {
-        self.last_activity_ms.store(now_ms(), Relaxed);
+        self.active.store(true, Relaxed);
     }
 
-    fn idle_for(&self) -> Duration {
-        if self.in_flight.load(Relaxed) > 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_millis(now_ms().saturating_sub(self.last_activity_ms.load(Relaxed)))
+    /// Whether the connection was touched since the last call, or has a request in flight.
+    fn was_active(&self) -> bool {
+        self.active.swap(false, Relaxed) || self.in_flight.load(Relaxed) > 0
     }
 }
 
@@ -328,6 +329,7 @@ async fn run_worker(
             loop {
                 flush.tick().await;
                 worker.access_log.flush_thread();
+                worker.pool.tick();
                 ticks += 1;
                 if ticks.is_multiple_of(100) {
                     worker.pool.sweep();
@@ -502,8 +504,11 @@ async fn serve_http(
     let service = {
         let state = state.clone();
         service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let answer =
-                pipeline::handle(worker.clone(), state.clone(), req.map(RequestBody::Http2));
+            let answer = pipeline::handle(
+                worker.clone(),
+                state.clone(),
+                ClientRequest::from_http2(req),
+            );
             async move {
                 let mut response = answer.await?;
                 // hyper writes the fields from the header map only.
@@ -550,6 +555,9 @@ async fn watch_deadlines(
     let mut tick = tokio::time::interval(
         (idle_timeout.min(header_timeout) / 4).max(Duration::from_millis(10)),
     );
+    // Activity is seen at the ticks, so an idle connection closes up to one tick (a quarter
+    // of the timeout) after the timeout passes, never before.
+    let mut last_active = Instant::now();
     let mut shutting_down = *shutdown.borrow_and_update();
     while !shutting_down {
         tokio::select! {
@@ -561,7 +569,9 @@ async fn watch_deadlines(
             let _ = verdict.send(Deadline::HeadTooSlow);
             return;
         }
-        if state.idle_for() >= idle_timeout {
+        if state.was_active() {
+            last_active = Instant::now();
+        } else if last_active.elapsed() >= idle_timeout {
             break;
         }
     }

@@ -11,6 +11,7 @@ pub(crate) mod http1;
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -26,21 +27,28 @@ use tokio::net::TcpStream;
 use crate::body::UpstreamBody;
 use crate::compile::Backend;
 use crate::error::IntegrationError;
+use crate::fields::Fields;
+pub use http1::RequestHead;
 use http1::{Decoded, Decoder, ProtocolError, SendError};
-pub use http1::{RawFields, RequestHead};
 
 /// Idle connections kept per backend per worker.
 const MAX_IDLE_PER_BACKEND: usize = 256;
 
 pub struct UpstreamPool {
     idle: Mutex<FxHashMap<Arc<str>, Vec<Idle>>>,
-    idle_timeout: Duration,
+    idle_timeout_ms: u64,
+    /// Milliseconds since `started`, as of the last [`UpstreamPool::tick`]: a connection's
+    /// idle age needs no finer clock, and reading the real one at every checkout and return
+    /// cost two clock reads per request.
+    now_ms: AtomicU64,
+    started: Instant,
     tls: tokio_rustls::TlsConnector,
 }
 
 struct Idle {
     conn: Connection,
-    since: Instant,
+    /// `now_ms` when the connection was returned.
+    since_ms: u64,
 }
 
 /// One backend connection and the bytes read from it but not yet consumed.
@@ -58,7 +66,9 @@ impl UpstreamPool {
     pub fn new(idle_timeout: Duration, tls: Arc<rustls::ClientConfig>) -> UpstreamPool {
         UpstreamPool {
             idle: Mutex::new(FxHashMap::default()),
-            idle_timeout,
+            idle_timeout_ms: u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX),
+            now_ms: AtomicU64::new(0),
+            started: Instant::now(),
             tls: tokio_rustls::TlsConnector::from(tls),
         }
     }
@@ -163,8 +173,9 @@ impl UpstreamPool {
     fn checkout(&self, key: &str) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(key)?;
+        let now = self.now_ms.load(Relaxed);
         while let Some(mut c) = list.pop() {
-            if c.since.elapsed() < self.idle_timeout && c.conn.is_quiet() {
+            if now.saturating_sub(c.since_ms) < self.idle_timeout_ms && c.conn.is_quiet() {
                 return Some(c.conn);
             }
         }
@@ -179,16 +190,27 @@ impl UpstreamPool {
         }
         list.push(Idle {
             conn,
-            since: Instant::now(),
+            since_ms: self.now_ms.load(Relaxed),
         });
+    }
+
+    /// Moves the pool's clock on; the owner calls it every few tens of milliseconds, which is
+    /// how far past the idle timeout a connection may be used.
+    pub fn tick(&self) {
+        let elapsed = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.now_ms.store(elapsed, Relaxed);
     }
 
     /// Drops connections idle for longer than the idle timeout or closed by the backend; run
     /// periodically.
     pub fn sweep(&self) {
+        self.tick();
+        let now = self.now_ms.load(Relaxed);
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         for list in idle.values_mut() {
-            list.retain_mut(|c| c.since.elapsed() < self.idle_timeout && c.conn.is_quiet());
+            list.retain_mut(|c| {
+                now.saturating_sub(c.since_ms) < self.idle_timeout_ms && c.conn.is_quiet()
+            });
         }
         idle.retain(|_, l| !l.is_empty());
     }
@@ -317,7 +339,7 @@ impl Connection {
 /// nothing follows it; a body dropped half-read drops its connection.
 pub struct BackendBody {
     /// The response's fields, until they are written or moved into a header map.
-    fields: Option<RawFields>,
+    fields: Option<Fields>,
     conn: Option<Connection>,
     decoder: Decoder,
     release: Option<(Arc<UpstreamPool>, Arc<str>)>,
@@ -334,7 +356,7 @@ pub enum BackendBodyError {
 
 impl BackendBody {
     /// The backend's end-to-end response fields, unless they were moved into a header map.
-    pub fn fields(&self) -> Option<&RawFields> {
+    pub fn fields(&self) -> Option<&Fields> {
         self.fields.as_ref()
     }
 

@@ -25,17 +25,18 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use http::header;
-use http::{Method, Request, StatusCode, Uri, Version};
+use http::{Method, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::ConnState;
 use crate::body::{self, ResponseBody};
+use crate::fields::{Fields, name_is, write_field};
 use crate::pipeline;
+use crate::request::ClientRequest;
 use crate::upstream::http1::{
-    self as wire, BodyFraming, Chunked, Decoded, Decoder, Framing, ProtocolError, field,
+    self as wire, BodyFraming, Chunked, Decoded, Decoder, Framing, ProtocolError,
 };
 use crate::worker::Worker;
 
@@ -111,8 +112,8 @@ pub(super) async fn serve(
                 return;
             }
         };
-        let version = head.request.version();
-        let head_request = head.request.method() == Method::HEAD;
+        let version = head.version;
+        let head_request = head.method == Method::HEAD;
         let body = {
             let mut wire = lock(&shared);
             wire.body = head.body;
@@ -126,7 +127,13 @@ pub(super) async fn serve(
                 done: head.body == Decoder::Done,
             }
         };
-        let request = head.request.map(|()| body::RequestBody::Http1(body));
+        let request = ClientRequest {
+            method: head.method,
+            uri: head.uri,
+            version,
+            fields: head.fields,
+            body: body::RequestBody::Http1(body),
+        };
         let response = match pipeline::handle(worker.clone(), state.clone(), request).await {
             Ok(response) => response,
             Err(never) => match never {},
@@ -186,7 +193,11 @@ fn refuse(status: StatusCode, reason: &'static str) -> Refused {
 /// A parsed request head.
 #[derive(Debug)]
 struct Head {
-    request: Request<()>,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    /// End-to-end fields; the connection-level ones are in `body` and `keep_alive`.
+    fields: Fields,
     body: Decoder,
     keep_alive: bool,
     expect_continue: bool,
@@ -268,9 +279,9 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Re
     let path_span = path_start..path_start + path.len();
     let spans = wire::header_spans(buf, req.headers);
     let raw = buf.split_to(len).freeze();
-    let mut framing = Framing::default();
-    let headers = wire::header_map(&raw, &spans, &mut framing).map_err(bad)?;
     let uri = Uri::from_maybe_shared(raw.slice(path_span)).map_err(|_| bad("bad target"))?;
+    let mut framing = Framing::default();
+    let fields = wire::end_to_end(raw, spans, &mut framing);
 
     let body = request_body(&framing, version)?;
     let keep_alive = if version == Version::HTTP_11 {
@@ -280,16 +291,14 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Re
     };
     let expect_continue = version == Version::HTTP_11
         && body != Decoder::Done
-        && headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
-    *request.headers_mut() = headers;
+        && fields
+            .get("expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
     Ok(Some(Head {
-        request,
+        method,
+        uri,
+        version,
+        fields,
         body,
         keep_alive,
         expect_continue,
@@ -354,24 +363,28 @@ fn encode_head(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let mut fields = Fields::default();
+    let mut fields = HeadWriter::default();
     for (name, value) in &parts.headers {
-        fields.write(out, name.as_str().as_bytes(), value.as_bytes());
+        let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
+        if fields.admit(name, value) {
+            write_field(out, name, value);
+        }
     }
     // A proxied response's fields, straight from the backend's head; the gateway's own (in the
     // header map) replace the backend's of the same name.
     if let Some(raw) = body.backend_fields() {
-        for (name, value) in raw.iter() {
+        for f in raw.fields() {
             if !parts
                 .headers
                 .keys()
-                .any(|own| own.as_str().as_bytes().eq_ignore_ascii_case(name))
+                .any(|own| name_is(f.name, own.as_str().as_bytes()))
+                && fields.admit(f.name, f.value)
             {
-                fields.write(out, name, value);
+                f.write(out);
             }
         }
     }
-    let Fields { dated, declared } = fields;
+    let HeadWriter { dated, declared } = fields;
     if !dated {
         date(out);
     }
@@ -420,30 +433,32 @@ fn encode_head(
 
 /// What the response head's fields say about its framing.
 #[derive(Default)]
-struct Fields {
+struct HeadWriter {
     dated: bool,
     /// The response's Content-Length, when it is a number; kept as it is, since it may differ
     /// from the body's (a HEAD request).
     declared: Option<u64>,
 }
 
-impl Fields {
-    /// Writes a response field, except the framing and connection fields, which are this
-    /// hop's own (Content-Length is noted, and written with the framing).
-    fn write(&mut self, out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+impl HeadWriter {
+    /// Whether a response field is written as it is: the framing and connection fields are
+    /// this hop's own (Content-Length is noted, and written with the framing).
+    fn admit(&mut self, name: &[u8], value: &[u8]) -> bool {
+        let is = |known: &str| name_is(name, known.as_bytes());
         match name.len() {
             14 if is("content-length") => {
                 self.declared = std::str::from_utf8(value)
                     .ok()
                     .and_then(|v| v.trim().parse::<u64>().ok());
-                return;
+                false
             }
-            10 | 17 if is("connection") || is("transfer-encoding") => return,
-            4 if is("date") => self.dated = true,
-            _ => {}
+            10 | 17 if is("connection") || is("transfer-encoding") => false,
+            4 if is("date") => {
+                self.dated = true;
+                true
+            }
+            _ => true,
         }
-        field(out, name, value);
     }
 }
 
@@ -485,7 +500,7 @@ fn date(out: &mut Vec<u8>) {
             *text = httpdate::fmt_http_date(now);
             *at = second;
         }
-        field(out, b"date", text.as_bytes());
+        write_field(out, b"date", text.as_bytes());
     });
 }
 
@@ -640,7 +655,8 @@ mod tests {
         let h = parse("GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert_eq!(h.request.uri().path_and_query().unwrap().as_str(), "/a?b");
+        assert_eq!(h.uri.path_and_query().unwrap().as_str(), "/a?b");
+        assert_eq!(h.fields.get("host"), Some(&b"x"[..]));
         assert_eq!(h.body, Decoder::Done);
         assert!(h.keep_alive);
         let h = parse("POST / HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
@@ -648,7 +664,13 @@ mod tests {
             .unwrap();
         assert_eq!(h.body, Decoder::Length(5));
         assert!(!h.keep_alive);
-        assert!(h.request.headers().get(header::CONNECTION).is_none());
+        assert!(h.fields.get("connection").is_none());
+        assert_eq!(h.fields.get("content-length"), Some(&b"5"[..]));
+        let h = parse("GET / HTTP/1.1\r\nConnection: x-secret\r\nX-Secret: 1\r\nTE: trailers\r\nx-kept: 1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        let names: Vec<&[u8]> = h.fields.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, [&b"x-kept"[..]], "connection-level fields stay here");
         let h =
             parse("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n")
                 .unwrap()

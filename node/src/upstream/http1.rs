@@ -12,7 +12,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
+
+use crate::fields::{Fields, Span, name_is, write_field};
 use http::{Method, StatusCode, Version};
 use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -55,11 +57,11 @@ impl BodyFraming {
 /// Picks the request body's framing from its headers and the body itself.
 pub fn request_framing(
     method: &Method,
-    headers: &HeaderMap,
+    headers: &Fields,
     body_is_empty: bool,
 ) -> Result<BodyFraming, &'static str> {
-    if let Some(v) = headers.get(header::CONTENT_LENGTH) {
-        let n = std::str::from_utf8(v.as_bytes())
+    if let Some(v) = headers.get("content-length") {
+        let n = std::str::from_utf8(v)
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .ok_or("the request's Content-Length is not a number")?;
@@ -84,7 +86,7 @@ pub struct RequestHead<'a> {
     pub path: &'a str,
     /// The client's fields (connection-level ones already removed); any named in `set` are
     /// left out.
-    pub headers: &'a HeaderMap,
+    pub headers: &'a Fields,
     /// The fields this hop sets, written after the client's. Written straight into the head
     /// rather than inserted into `headers`: five map insertions cost more than the rest of
     /// building the head.
@@ -97,27 +99,23 @@ pub fn encode_head(out: &mut Vec<u8>, head: &RequestHead<'_>, framing: BodyFrami
     out.push(b' ');
     out.extend_from_slice(head.path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in head.headers {
-        if !head.set.iter().any(|(set, _)| *set == name) {
-            field(out, name.as_str().as_bytes(), value.as_bytes());
+    for f in head.headers.fields() {
+        if !head
+            .set
+            .iter()
+            .any(|(set, _)| name_is(f.name, set.as_str().as_bytes()))
+        {
+            f.write(out);
         }
     }
     for (name, value) in head.set {
-        field(out, name.as_str().as_bytes(), value.as_bytes());
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
         BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         BodyFraming::Empty { declare: true } => out.extend_from_slice(b"content-length: 0\r\n"),
         _ => {}
     }
-    out.extend_from_slice(b"\r\n");
-}
-
-/// One `name: value` line of a head.
-pub(crate) fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -248,7 +246,7 @@ pub struct Head {
     /// connection and are consumed here, never forwarded. Its header map is empty: the
     /// fields are in `fields`.
     pub parts: http::response::Parts,
-    pub fields: RawFields,
+    pub fields: Fields,
     pub framing: Decoder,
     /// The connection may carry another request once this response's body is read.
     pub reusable: bool,
@@ -273,7 +271,7 @@ pub(crate) struct Framing {
 impl Framing {
     /// Takes in a connection-level field; false if `name` (any case) is an end-to-end one.
     pub fn consume(&mut self, name: &[u8], value: &[u8]) -> bool {
-        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        let is = |known: &str| name_is(name, known.as_bytes());
         // By length first: most fields are none of these, and are told so by one comparison.
         match name.len() {
             14 if is("content-length") => {
@@ -325,40 +323,7 @@ impl Framing {
     fn named(&self, name: &[u8]) -> bool {
         self.named
             .iter()
-            .any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
-    }
-}
-
-/// A response's end-to-end fields as the backend sent them: spans of its head, written to a
-/// client as they are. A `HeaderMap` is built only where one is needed (HTTP/2, the `http`
-/// integration's mappings): for a proxied HTTP/1.1 response it cost more than parsing the head.
-pub struct RawFields {
-    head: Bytes,
-    spans: Vec<Span>,
-}
-
-impl RawFields {
-    /// (name, value) pairs, names in the backend's case.
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.spans
-            .iter()
-            .map(|&(ns, ne, vs, ve)| (&self.head[ns..ne], &self.head[vs..ve]))
-    }
-
-    /// Appends the fields to `map`, except those `map` already has (the gateway's own win).
-    pub fn append_to(&self, map: &mut HeaderMap) {
-        let own: Vec<HeaderName> = map.keys().cloned().collect();
-        for &(ns, ne, vs, ve) in &self.spans {
-            let Ok(name) = HeaderName::from_bytes(&self.head[ns..ne]) else {
-                continue;
-            };
-            if own.contains(&name) {
-                continue;
-            }
-            if let Ok(value) = HeaderValue::from_maybe_shared(self.head.slice(vs..ve)) {
-                map.append(name, value);
-            }
-        }
+            .any(|n| name_is(name, n.as_str().as_bytes()))
     }
 }
 
@@ -400,17 +365,13 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
             continue;
         }
         let status = StatusCode::from_u16(code).map_err(|_| ProtocolError::BadHeader("status"))?;
-        let mut spans = header_spans(buf, resp.headers);
+        let spans = header_spans(buf, resp.headers);
         let head = buf.split_to(len).freeze();
         let mut framing = Framing {
             close: version == 0,
             ..Framing::default()
         };
-        spans.retain(|&(ns, ne, vs, ve)| !framing.consume(&head[ns..ne], &head[vs..ve]));
-        if !framing.named.is_empty() {
-            spans.retain(|&(ns, ne, ..)| !framing.named(&head[ns..ne]));
-        }
-        let fields = RawFields { head, spans };
+        let fields = end_to_end(head, spans, &mut framing);
         let mut response = http::Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = if version == 0 {
@@ -422,10 +383,6 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
         return response_framing(parts, fields, &framing, head_request).map(Some);
     }
 }
-
-/// Where each field's name and value lie in the head: (name start, name end, value start,
-/// value end), so that values can share the head's bytes instead of being copied.
-pub(crate) type Span = (usize, usize, usize, usize);
 
 pub(crate) fn header_spans(buf: &[u8], headers: &[httparse::Header<'_>]) -> Vec<Span> {
     let base = buf.as_ptr() as usize;
@@ -439,33 +396,20 @@ pub(crate) fn header_spans(buf: &[u8], headers: &[httparse::Header<'_>]) -> Vec<
         .collect()
 }
 
-/// The end-to-end fields of a head (the ones `Connection` names removed); the
-/// connection-level ones are taken into `framing`.
-pub(crate) fn header_map(
-    head: &Bytes,
-    spans: &[Span],
-    framing: &mut Framing,
-) -> Result<HeaderMap, &'static str> {
-    let mut map = HeaderMap::with_capacity(spans.len());
-    for &(ns, ne, vs, ve) in spans {
-        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| "a header name")?;
-        if framing.consume(name.as_str().as_bytes(), &head[vs..ve]) {
-            continue;
-        }
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| "a header value")?;
-        map.append(name, value);
+/// The end-to-end fields of a head: the connection-level ones are taken into `framing`, and
+/// those that `Connection` names are dropped.
+pub(crate) fn end_to_end(head: Bytes, mut spans: Vec<Span>, framing: &mut Framing) -> Fields {
+    spans.retain(|&(ns, ne, vs, ve)| !framing.consume(&head[ns..ne], &head[vs..ve]));
+    if !framing.named.is_empty() {
+        spans.retain(|&(ns, ne, ..)| !framing.named(&head[ns..ne]));
     }
-    for name in &framing.named {
-        map.remove(name);
-    }
-    Ok(map)
+    Fields::from_spans(head, spans)
 }
 
 /// RFC 9112 §6.3: how the body of this response is delimited.
 fn response_framing(
     parts: http::response::Parts,
-    fields: RawFields,
+    fields: Fields,
     f: &Framing,
     head_request: bool,
 ) -> Result<Head, ProtocolError> {
@@ -687,6 +631,8 @@ pub fn poll_read_buf<R: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
+    use http::header;
 
     fn head(raw: &str, head_request: bool) -> Result<Option<Head>, ProtocolError> {
         let mut buf = BytesMut::from(raw.as_bytes());
@@ -823,7 +769,7 @@ mod tests {
 
     #[test]
     fn request_framing_follows_the_headers() {
-        let mut h = HeaderMap::new();
+        let h = Fields::default();
         assert_eq!(
             request_framing(&Method::GET, &h, true).unwrap(),
             BodyFraming::Empty { declare: false }
@@ -836,8 +782,11 @@ mod tests {
             request_framing(&Method::POST, &h, false).unwrap(),
             BodyFraming::Chunked
         );
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
-        h.insert(header::HOST, HeaderValue::from_static("client"));
+        // The client's Host in its own case: the one this hop sets replaces it all the same.
+        let h = Fields::from_spans(
+            Bytes::from_static(b"content-length12Host client"),
+            vec![(0, 14, 14, 16), (16, 20, 21, 27)],
+        );
         assert_eq!(
             request_framing(&Method::POST, &h, false).unwrap(),
             BodyFraming::Length(12)
@@ -856,7 +805,7 @@ mod tests {
             "POST /a?b HTTP/1.1\r\ncontent-length: 12\r\nhost: backend\r\n\r\n"
         );
         let mut out = Vec::new();
-        let h = HeaderMap::new();
+        let h = Fields::default();
         let head = RequestHead {
             method: &Method::PUT,
             path: "/",
