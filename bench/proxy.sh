@@ -3,7 +3,8 @@
 #
 # Method (see bench/README.md): pinned cores (load generator + backend on CPU0, proxy under
 # test on CPU1), interleaved rounds, CPU microseconds per request of the proxy taken from
-# /proc/PID/task/*/schedstat, then open-loop fixed-rate latency at half the nginx capacity.
+# /proc/PID/task/*/schedstat, then open-loop fixed-rate latency at half the nginx capacity
+# (bench/fixed_rate.rs, built here with rustc).
 #
 # Prints figures only; it never fails on a threshold.
 #
@@ -16,7 +17,6 @@
 #   LAT_RATE      fixed rate in req/s (default: half the median nginx-proxy saturation req/s)
 #   PORTICO_BIN   use this binary instead of building target/dist/portico
 #   SKIP_PORTICO  1 = only direct and nginx (no build, no Portico)
-#   FORCE_H2LOAD  1 = use the h2load fallback for the fixed-rate phase even if oha is available
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
@@ -28,7 +28,7 @@ SKIP_PORTICO=${SKIP_PORTICO:-0}
 CONNS=32
 LAT_CONNS=32
 
-LOAD_CPU=0      # wrk / oha
+LOAD_CPU=0      # wrk / fixed_rate
 BACKEND_CPU=0   # backend nginx during proxy runs (moved to PROXY_CPU for the direct run)
 PROXY_CPU=1     # proxy under test
 
@@ -40,7 +40,6 @@ PORTICO_HOST=bench.portico.localhost
 REQ_PATH=/b/hello
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TOOLS_DIR="$REPO_ROOT/bench/.tools"
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -56,11 +55,10 @@ ensure_apt_tools() {
   local missing=0
   command -v nginx >/dev/null 2>&1 || missing=1
   command -v wrk >/dev/null 2>&1 || missing=1
-  command -v h2load >/dev/null 2>&1 || missing=1
   if [ "$missing" -eq 1 ]; then
-    log "installing nginx, wrk, nghttp2-client with apt-get"
+    log "installing nginx and wrk with apt-get"
     $SUDO apt-get update
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y nginx wrk nghttp2-client
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y nginx wrk
   fi
   command -v nginx >/dev/null 2>&1 || die "nginx not found after install"
   command -v wrk >/dev/null 2>&1 || die "wrk not found after install"
@@ -68,57 +66,12 @@ ensure_apt_tools() {
   command -v curl >/dev/null 2>&1 || die "curl not found"
 }
 
-# oha for open-loop latency; built once into bench/.tools if not on PATH.
-LAT_TOOL=
-ensure_oha() {
-  if [ -x "$TOOLS_DIR/bin/oha" ]; then PATH="$TOOLS_DIR/bin:$PATH"; fi
-  if ! command -v oha >/dev/null 2>&1; then
-    if command -v cargo >/dev/null 2>&1; then
-      log "oha not on PATH: cargo install oha --locked --root bench/.tools (takes a few minutes)"
-      if cargo install oha --locked --root "$TOOLS_DIR" >&2; then
-        PATH="$TOOLS_DIR/bin:$PATH"
-      else
-        log "warning: building oha failed"
-      fi
-    fi
-    if ! grep -qxF 'bench/.tools' "$REPO_ROOT/.gitignore" 2>/dev/null \
-       && ! grep -qxF '/bench/.tools/' "$REPO_ROOT/.gitignore" 2>/dev/null; then
-      echo 'bench/.tools' >> "$REPO_ROOT/.gitignore"
-    fi
-  fi
-  if [ "${FORCE_H2LOAD:-0}" = 1 ] && command -v h2load >/dev/null 2>&1; then
-    LAT_TOOL=h2load
-  elif command -v oha >/dev/null 2>&1; then
-    LAT_TOOL=oha
-  elif command -v h2load >/dev/null 2>&1; then
-    LAT_TOOL=h2load
-  else
-    LAT_TOOL=none
-  fi
-}
-
-# oha JSON -> "p50_us p99_us req/s bad responses" where bad = non-200 responses + errors,
-# responses = all responses (jq, else python3).
-oha_fields() {
-  if command -v jq >/dev/null 2>&1; then
-    jq -r 'def us: if . == null then "-" else (. * 1e6 | round | tostring) end;
-      [ (.latencyPercentiles.p50 | us), (.latencyPercentiles.p99 | us),
-        (.summary.requestsPerSec // 0 | round | tostring),
-        ([ ((.statusCodeDistribution // {}) | to_entries[] | select(.key != "200") | .value),
-           ((.errorDistribution // {}) | to_entries[] | .value) ] | add // 0 | tostring),
-        ([ (.statusCodeDistribution // {}) | to_entries[] | .value ] | add // 0 | tostring) ] | join(" ")' "$1"
-  else
-    python3 - "$1" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-us = lambda v: "-" if v is None else str(round(v * 1e6))
-lp = d.get("latencyPercentiles") or {}
-bad = sum(v for k, v in (d.get("statusCodeDistribution") or {}).items() if k != "200")
-bad += sum((d.get("errorDistribution") or {}).values())
-n = sum((d.get("statusCodeDistribution") or {}).values())
-print(us(lp.get("p50")), us(lp.get("p99")), round((d.get("summary") or {}).get("requestsPerSec") or 0), bad, n)
-PY
-  fi
+# The open-loop generator for the fixed-rate phase (one std-only file, like the control-plane
+# benchmarks' generators).
+build_fixed_rate() {
+  command -v rustc >/dev/null 2>&1 || die "rustc not found (needed for bench/fixed_rate.rs)"
+  rustc --edition 2021 -O "$REPO_ROOT/bench/fixed_rate.rs" -o "$TMP/fixed_rate" >&2 \
+    || die "building bench/fixed_rate.rs failed"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -350,7 +303,7 @@ if [ "$SKIP_PORTICO" != 1 ]; then
   [ -x "$PORTICO_BIN" ] || die "Portico binary not found: $PORTICO_BIN"
 fi
 
-ensure_oha
+build_fixed_rate
 
 write_nginx_confs
 start_nginx backend "$TMP/backend.conf"; BACKEND_MASTER=$STARTED_PID
@@ -461,17 +414,10 @@ fi
 declare -A L50 L99 LBAD
 LAT_DESC=
 echo
-if [ "$LAT_RATE" -le 0 ] || [ "$LAT_TOOL" = none ]; then
-  echo "== Fixed-rate latency skipped (rate=$LAT_RATE, tool=$LAT_TOOL)"
+if [ "$LAT_RATE" -le 0 ]; then
+  echo "== Fixed-rate latency skipped (rate=$LAT_RATE)"
 else
-  if [ "$LAT_TOOL" = oha ]; then
-    OHA_JSON_ARGS=(--output-format json)
-    if ! oha --help 2>&1 | grep -q -- '--output-format'; then OHA_JSON_ARGS=(-j); fi
-    LAT_DESC="oha $(oha --version 2>/dev/null | awk '{print $2}') -q $LAT_RATE --latency-correction -z ${LAT_DURATION}s -c $LAT_CONNS -w --no-tui ${OHA_JSON_ARGS[*]}"
-  else
-    PER_CLIENT=$(( (LAT_RATE + LAT_CONNS - 1) / LAT_CONNS ))
-    LAT_DESC="h2load --h1 -c $LAT_CONNS --rps=$PER_CLIENT -D $LAT_DURATION (FALLBACK: oha unavailable; h2load's per-client timers send bursts, so these numbers are burst-affected, and h2load reports no percentiles: mean and max are shown in the p50/p99 columns)"
-  fi
+  LAT_DESC="bench/fixed_rate.rs: $LAT_CONNS connections, each on its own schedule (wrk2-style), ${LAT_DURATION}s; latency from the scheduled send time"
   echo "== Fixed-rate latency at $LAT_RATE req/s (half the median nginx-proxy saturation req/s), $LAT_ROUNDS interleaved rounds"
   echo "   $LAT_DESC"
   lfmt='%-6s %-8s %10s %10s %10s %9s %12s %5s  %s\n'
@@ -485,30 +431,15 @@ else
       px0=0; [ -n "$pxp" ] && px0=$(sched_ns $pxp)
       st0=$(procstat)
       times >"$TMP/times0"
-      if [ "$LAT_TOOL" = oha ]; then
-        taskset -c "$LOAD_CPU" oha -q "$LAT_RATE" --latency-correction -z "${LAT_DURATION}s" \
-          -c "$LAT_CONNS" -w --no-tui "${OHA_JSON_ARGS[@]}" ${host:+--host "$host"} "$url" \
-          >"$TMP/oha.$t.$r.json" 2>"$TMP/oha.$t.$r.err" || true
-        f="$TMP/oha.$t.$r.json"
-        if [ -s "$f" ]; then
-          read -r "L50[$t,$r]" "L99[$t,$r]" lrps "LBAD[$t,$r]" lreqs <<<"$(oha_fields "$f")"
-        else
-          L50[$t,$r]=-; L99[$t,$r]=-; lrps=-; lreqs=0; LBAD[$t,$r]="oha failed: $(head -c 200 "$TMP/oha.$t.$r.err")"
-        fi
+      # ADDR HOST PATH RATE SECONDS CONNECTIONS -> "p50_us p99_us req/s bad requests"
+      addr=${url#http://}; addr=${addr%%/*}
+      out=$(taskset -c "$LOAD_CPU" "$TMP/fixed_rate" "$addr" "${host:-$addr}" "$REQ_PATH" \
+            "$LAT_RATE" "$LAT_DURATION" "$LAT_CONNS" 2>"$TMP/fixed_rate.$t.$r.err") || true
+      if [[ "$out" =~ ^[0-9]+\ [0-9]+\ [0-9]+\ [0-9]+\ [0-9]+$ ]]; then
+        read -r "L50[$t,$r]" "L99[$t,$r]" lrps "LBAD[$t,$r]" lreqs <<<"$out"
       else
-        # h2load --h1 -H 'Host: x' sends a second Host header next to the one from the URL, so
-        # put the name in the URL and connect to 127.0.0.1 explicitly instead.
-        h2url=$url; h2args=()
-        if [ -n "$host" ]; then
-          h2url="http://$host:$PORTICO_PORT$REQ_PATH"; h2args=(--connect-to="127.0.0.1:$PORTICO_PORT")
-        fi
-        out=$(taskset -c "$LOAD_CPU" h2load --h1 -c "$LAT_CONNS" --rps="$PER_CLIENT" -D "$LAT_DURATION" \
-              "${h2args[@]}" "$h2url" 2>&1) || true
-        L50[$t,$r]=$(to_us "$(awk '/^time for request:/{print $6; exit}' <<<"$out")")
-        L99[$t,$r]=$(to_us "$(awk '/^time for request:/{print $5; exit}' <<<"$out")")
-        lrps=$(awk '/^finished in/{gsub(/,/,""); print int($4); exit}' <<<"$out")
-        LBAD[$t,$r]=$(awk '/^status codes:/{print $5+$7+$9; exit}' <<<"$out")
-        lreqs=$(awk '/^requests:/{print $2; exit}' <<<"$out")
+        L50[$t,$r]=-; L99[$t,$r]=-; lrps=-; lreqs=0
+        LBAD[$t,$r]="fixed_rate failed: $(head -c 200 "$TMP/fixed_rate.$t.$r.err")"
       fi
       times >"$TMP/times1"
       st1=$(procstat)
@@ -541,7 +472,7 @@ echo "== Summary"
 echo "date        : $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 echo "kernel      : $(uname -r)"
 echo "cpu         : $(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo), nproc $(nproc)"
-echo "tools       : $(wrk --version 2>&1 | head -1 | awk '{print "wrk", $2}'), $(nginx -v 2>&1 | sed 's/^nginx version: //'), latency: ${LAT_TOOL}"
+echo "tools       : $(wrk --version 2>&1 | head -1 | awk '{print "wrk", $2}'), $(nginx -v 2>&1 | sed 's/^nginx version: //'), latency: bench/fixed_rate.rs"
 if [ "$SKIP_PORTICO" != 1 ]; then
   echo "portico     : $PORTICO_BIN ($PORTICO_REV)"
 fi

@@ -89,6 +89,16 @@ impl AccessLog {
         matches!(*self.sink, Sink::Off)
     }
 
+    /// The wall-clock time to log for a request starting now: only read when lines are
+    /// written (a clock read per request is worth saving when they are not).
+    pub fn request_time(&self) -> SystemTime {
+        if self.is_off() {
+            UNIX_EPOCH
+        } else {
+            SystemTime::now()
+        }
+    }
+
     pub fn record(&self, r: &AccessRecord, response_length: u64, latency: Duration) {
         if self.is_off() {
             return;

@@ -14,7 +14,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use http::Response;
 use http::uri::PathAndQuery;
@@ -31,6 +31,8 @@ use crate::worker::Worker;
 
 /// What the phases learn about a request, for the response and the access log.
 struct Exchange {
+    /// When the request's head was complete.
+    started: Instant,
     record: AccessRecord,
     stage: Option<Arc<CompiledStage>>,
 }
@@ -56,7 +58,7 @@ pub async fn handle(
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
             protocol: req.version,
-            request_time: SystemTime::now(),
+            request_time: worker.access_log.request_time(),
             api_id: None,
             stage: None,
             route_key: None,
@@ -65,6 +67,7 @@ pub async fn handle(
             error_type: None,
         },
         stage: None,
+        started,
     };
 
     let mut response = match run(&worker, &config, &conn, &mut exchange, req).await {
@@ -120,6 +123,7 @@ async fn run(
         request_id: &exchange.record.request_id,
         client_ip: &conn.peer_ip,
         scheme: "http",
+        started: exchange.started,
     };
     let outcome = integration::call(worker, &route.integration, &ctx, req).await?;
     exchange.record.integration_latency = outcome.latency;
