@@ -22,6 +22,7 @@ pub mod server;
 pub mod settings;
 pub mod store;
 pub mod sync;
+pub mod tcp;
 pub mod upstream;
 pub mod worker;
 

@@ -28,6 +28,7 @@ use crate::body::UpstreamBody;
 use crate::compile::Backend;
 use crate::error::IntegrationError;
 use crate::fields::Fields;
+use crate::tcp::Tcp;
 pub use http1::RequestHead;
 use http1::{Decoded, Decoder, ProtocolError, SendError};
 
@@ -58,8 +59,8 @@ struct Connection {
 }
 
 enum Stream {
-    Tcp(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tcp(Tcp),
+    Tls(Box<tokio_rustls::client::TlsStream<Tcp>>),
 }
 
 impl UpstreamPool {
@@ -231,6 +232,7 @@ impl UpstreamPool {
                     reason: e.to_string(),
                 })?;
         let _ = tcp.set_nodelay(true);
+        let tcp = Tcp::new(tcp);
         let io = if backend.https {
             let name =
                 ServerName::try_from(host.to_string()).map_err(|e| IntegrationError::Connect {

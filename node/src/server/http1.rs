@@ -35,6 +35,7 @@ use crate::body::{self, ResponseBody};
 use crate::fields::{Fields, name_is, write_field};
 use crate::pipeline;
 use crate::request::ClientRequest;
+use crate::tcp::Tcp;
 use crate::upstream::http1::{
     self as wire, BodyFraming, Chunked, Decoded, Decoder, Framing, ProtocolError,
 };
@@ -54,7 +55,7 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// The connection, as the loop and the current request's body share it.
 struct Wire {
-    io: TcpStream,
+    io: Tcp,
     /// Bytes read and not consumed yet: the rest of a head, body bytes, pipelined requests.
     buf: BytesMut,
     /// Where the current request's body stands.
@@ -78,7 +79,7 @@ pub(super) async fn serve(
     worker: Arc<Worker>,
 ) {
     let shared = Arc::new(Mutex::new(Wire {
-        io,
+        io: Tcp::new(io),
         buf,
         body: Decoder::Done,
         continue_left: 0,
