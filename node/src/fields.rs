@@ -244,6 +244,18 @@ mod tests {
     }
 
     #[test]
+    fn fields_not_written_canonically_are_rewritten() {
+        // "X-A:1" (no space) and "X-B:  2" (two): their lines cannot be copied as they are.
+        let head = Bytes::from_static(b"X-A:1\r\nX-B:  2\r\nX-C: 3");
+        let f = Fields::from_spans(head, vec![(0, 3, 4, 5), (7, 10, 13, 14), (16, 19, 21, 22)]);
+        let mut out = Vec::new();
+        for field in f.fields() {
+            field.write(&mut out);
+        }
+        assert_eq!(out, b"X-A: 1\r\nX-B: 2\r\nX-C: 3\r\n");
+    }
+
+    #[test]
     fn names_compare_without_case() {
         assert!(name_is(b"Content-Length", b"content-length"));
         assert!(name_is(b"X-FORWARDED-FOR", b"x-forwarded-for"));
