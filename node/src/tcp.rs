@@ -23,10 +23,6 @@ impl Tcp {
     pub fn new(stream: TcpStream) -> Tcp {
         Tcp(stream)
     }
-
-    pub fn get_ref(&self) -> &TcpStream {
-        &self.0
-    }
 }
 
 /// `recvfrom(fd, buf, len, 0, NULL, NULL)`.
