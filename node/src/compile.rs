@@ -95,6 +95,15 @@ pub enum PathPart {
     Param(usize),
 }
 
+impl PathPart {
+    /// Whether a template's literal parts hold a `?`: it has a query of its own (parameters
+    /// come from a request path, which has none).
+    pub fn has_query(path: &[PathPart]) -> bool {
+        path.iter()
+            .any(|p| matches!(p, PathPart::Literal(l) if l.contains('?')))
+    }
+}
+
 /// A non-proxy call: only mapped parameters go to the backend, and its status is mapped back.
 #[derive(Debug)]
 pub struct HttpCall {
@@ -369,21 +378,17 @@ fn backend_call(
         })
         .collect();
     if !sample.is_empty() {
-        // A `#` would parse, as the start of a fragment, which a request target cannot have.
-        let parsed = http::uri::PathAndQuery::try_from(sample.as_str()).map_err(|e| e.to_string());
-        if let Err(e) = parsed.and_then(|p| {
-            (p.as_str() == sample)
-                .then_some(())
-                .ok_or_else(|| "it has a fragment".to_string())
-        }) {
-            return Err(format!(
-                "uri {uri:?} gives an invalid backend path {sample:?}: {e}"
-            ));
+        let invalid = |e: &dyn std::fmt::Display| {
+            format!("uri {uri:?} gives an invalid backend path {sample:?}: {e}")
+        };
+        match http::uri::PathAndQuery::try_from(sample.as_str()) {
+            Ok(p) if p.as_str() == sample => {}
+            // A `#` parses, as the start of a fragment, which a request target cannot have.
+            Ok(_) => return Err(invalid(&"it has a fragment")),
+            Err(e) => return Err(invalid(&e)),
         }
     }
-    let template_query = path
-        .iter()
-        .any(|p| matches!(p, PathPart::Literal(l) if l.contains('?')));
+    let template_query = PathPart::has_query(&path);
     let port = parsed
         .port_u16()
         .unwrap_or(if template.https { 443 } else { 80 });

@@ -46,21 +46,6 @@ impl Fields {
         b.finish()
     }
 
-    pub fn len(&self) -> usize {
-        self.spans.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
-    }
-
-    /// (name, value) pairs in order, names in the sender's case.
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.spans
-            .iter()
-            .map(|&(ns, ne, vs, ve)| (&self.bytes[ns..ne], &self.bytes[vs..ve]))
-    }
-
     /// The fields in order, each with its whole line when the buffer holds it as written.
     pub fn fields(&self) -> impl Iterator<Item = Field<'_>> {
         self.spans.iter().map(|&(ns, ne, vs, ve)| {
@@ -85,29 +70,25 @@ impl Fields {
         &'a self,
         name: &'n str,
     ) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
-        let name = name.as_bytes();
-        self.spans
-            .iter()
-            .filter(move |&&(ns, ne, ..)| name_is(&self.bytes[ns..ne], name))
-            .map(|&(_, _, vs, ve)| &self.bytes[vs..ve])
+        self.values_of(name).map(|(vs, ve)| &self.bytes[vs..ve])
     }
 
     /// The first value of `name` as a header value sharing this buffer.
     pub fn value(&self, name: &str) -> Option<HeaderValue> {
-        let name_bytes = name.as_bytes();
-        self.spans.iter().find_map(|&(ns, ne, vs, ve)| {
-            if !name_is(&self.bytes[ns..ne], name_bytes) {
-                return None;
-            }
-            HeaderValue::from_maybe_shared(self.bytes.slice(vs..ve)).ok()
-        })
+        let (vs, ve) = self.values_of(name).next()?;
+        HeaderValue::from_maybe_shared(self.bytes.slice(vs..ve)).ok()
     }
 
-    /// The fields as a header map.
-    pub fn to_map(&self) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.spans.len());
-        self.append_to(&mut map);
-        map
+    /// Where the values of the field `name` (lowercase) lie, in order.
+    fn values_of<'a, 'n>(
+        &'a self,
+        name: &'n str,
+    ) -> impl Iterator<Item = (usize, usize)> + use<'a, 'n> {
+        let name = name.as_bytes();
+        self.spans
+            .iter()
+            .filter(move |&&(ns, ne, ..)| name_is(&self.bytes[ns..ne], name))
+            .map(|&(_, _, vs, ve)| (vs, ve))
     }
 
     /// Appends the fields to `map`, except those `map` already has (the gateway's own win).
@@ -151,6 +132,33 @@ pub fn name_is(name: &[u8], lower: &[u8]) -> bool {
         .all(|(&x, &y)| x | 0x20 == y)
 }
 
+/// Whether `name` is a connection-level field (RFC 9110 §7.6.1, with the obsolete ones proxies
+/// still meet), which never crosses a proxy. `Connection` may name more.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const NAMES: [&str; 8] = [
+        "connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "keep-alive",
+        "proxy-connection",
+    ];
+    // By length first: most fields are none of these, and are told so by one comparison.
+    matches!(name.len(), 2 | 7 | 10 | 16 | 17 | 18)
+        && NAMES.iter().any(|n| name_is(name, n.as_bytes()))
+}
+
+/// A Content-Length value (RFC 9110 §8.6): digits, with surrounding whitespace allowed.
+pub fn content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 /// One field of a [`Fields`].
 pub struct Field<'a> {
     pub name: &'a [u8],
@@ -180,20 +188,20 @@ pub fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Builds a [`Fields`] one field at a time, into one buffer, each field as a whole line.
-pub struct FieldsBuilder {
+struct FieldsBuilder {
     bytes: BytesMut,
     spans: Vec<Span>,
 }
 
 impl FieldsBuilder {
-    pub fn with_capacity(fields: usize, bytes: usize) -> FieldsBuilder {
+    fn with_capacity(fields: usize, bytes: usize) -> FieldsBuilder {
         FieldsBuilder {
             bytes: BytesMut::with_capacity(bytes),
             spans: Vec::with_capacity(fields),
         }
     }
 
-    pub fn push(&mut self, name: &HeaderName, value: &HeaderValue) {
+    fn push(&mut self, name: &HeaderName, value: &HeaderValue) {
         let ns = self.bytes.len();
         self.bytes.extend_from_slice(name.as_str().as_bytes());
         let ne = self.bytes.len();
@@ -204,7 +212,7 @@ impl FieldsBuilder {
         self.spans.push((ns, ne, ne + 2, ve));
     }
 
-    pub fn finish(self) -> Fields {
+    fn finish(self) -> Fields {
         Fields {
             bytes: self.bytes.freeze(),
             spans: self.spans,
@@ -228,11 +236,15 @@ mod tests {
         );
         assert_eq!(f.get("hos"), None);
         assert_eq!(f.value("host").unwrap(), "a");
-        let map = f.to_map();
+        let mut map = HeaderMap::new();
+        f.append_to(&mut map);
         assert_eq!(map.get_all("x-forwarded-for").iter().count(), 2);
         let back = Fields::from_map(&map);
-        assert_eq!(back.len(), 3);
-        assert_eq!(back.iter().next(), Some((&b"host"[..], &b"a"[..])));
+        assert_eq!(back.fields().count(), 3);
+        assert_eq!(
+            back.fields().next().map(|f| (f.name, f.value)),
+            Some((&b"host"[..], &b"a"[..]))
+        );
         let mut out = Vec::new();
         for field in f.fields().chain(back.fields()) {
             field.write(&mut out);
@@ -253,6 +265,35 @@ mod tests {
             field.write(&mut out);
         }
         assert_eq!(out, b"X-A: 1\r\nX-B: 2\r\nX-C: 3\r\n");
+    }
+
+    #[test]
+    fn hop_by_hop_names_and_content_lengths() {
+        for name in [
+            "Connection",
+            "TE",
+            "keep-alive",
+            "Proxy-Connection",
+            "Transfer-Encoding",
+        ] {
+            assert!(is_hop_by_hop(name.as_bytes()), "{name}");
+        }
+        for name in ["content-length", "x-te", "connections", "host"] {
+            assert!(!is_hop_by_hop(name.as_bytes()), "{name}");
+        }
+        assert_eq!(content_length(b" 12 "), Some(12));
+        assert_eq!(content_length(b"0"), Some(0));
+        for bad in [
+            &b""[..],
+            b" ",
+            b"+5",
+            b"-1",
+            b"1 2",
+            b"0x10",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(content_length(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -440,9 +440,7 @@ mod tests {
     use std::sync::Arc;
 
     fn call(path: Vec<PathPart>, append: bool) -> BackendCall {
-        let template_query = path
-            .iter()
-            .any(|p| matches!(p, PathPart::Literal(l) if l.contains('?')));
+        let template_query = PathPart::has_query(&path);
         BackendCall {
             backend: Backend {
                 https: false,

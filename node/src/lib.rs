@@ -24,6 +24,7 @@ pub mod store;
 pub mod sync;
 pub mod tcp;
 pub mod upstream;
+pub mod wire;
 pub mod worker;
 
 pub use access_log::{AccessLog, AccessLogTarget};

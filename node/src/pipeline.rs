@@ -23,6 +23,7 @@ use crate::access_log::AccessRecord;
 use crate::body::{Finish, ResponseBody};
 use crate::compile::{CompiledStage, EdgeConfig};
 use crate::error::{GatewayError, RouteError, gateway_response};
+use crate::fields::content_length;
 use crate::integration::{self, CallContext};
 use crate::request::ClientRequest;
 use crate::request_id::{self, REQUEST_ID};
@@ -254,11 +255,7 @@ fn api_id_from_host<'h>(host: &'h str, suffix: &str) -> Option<&'h str> {
 }
 
 fn check_declared_length(worker: &Worker, req: &ClientRequest) -> Result<(), RouteError> {
-    let declared = req
-        .fields
-        .get("content-length")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = req.fields.get("content-length").and_then(content_length);
     match declared {
         Some(length) if length > worker.settings.max_body_bytes => Err(RouteError::BodyTooLarge {
             length,

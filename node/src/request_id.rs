@@ -7,16 +7,18 @@ use crate::fields::Fields;
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn for_request(fields: &Fields) -> HeaderValue {
-    if let Some(b) = fields.get("x-request-id")
-        && !b.is_empty()
-        && b.len() <= 64
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
-        && let Ok(v) = HeaderValue::from_bytes(b)
-    {
-        return v;
+    match fields.value("x-request-id") {
+        Some(v) if well_formed(v.as_bytes()) => v,
+        _ => generate(),
     }
-    generate()
+}
+
+fn well_formed(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
 }
 
 /// A random version-4 UUID.

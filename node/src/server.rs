@@ -33,8 +33,8 @@ use crate::pipeline;
 use crate::request::ClientRequest;
 use crate::settings::EdgeSettings;
 use crate::store::ConfigStore;
-use crate::upstream::http1::poll_read_buf;
 use crate::upstream::{UpstreamPool, backend_tls_config};
+use crate::wire::poll_read_buf;
 use crate::worker::Worker;
 
 /// Which listener a connection came in on; it decides which APIs the connection can reach.
@@ -491,13 +491,26 @@ async fn serve_http(
             Ok(_) => state.touch(),
         }
     }
-    if !buf.starts_with(H2_PREFACE) {
-        return http1::serve(tcp, buf, state, worker).await;
+    if buf.starts_with(H2_PREFACE) {
+        serve_h2(tcp, buf, state, worker, h2, close).await;
+    } else {
+        http1::serve(tcp, buf, state, worker).await;
     }
+}
+
+/// HTTP/2 on a connection whose first bytes, `read`, were its preface.
+async fn serve_h2(
+    tcp: TcpStream,
+    read: BytesMut,
+    state: Arc<ConnState>,
+    worker: Arc<Worker>,
+    h2: Arc<http2::Builder<TokioExecutor>>,
+    close: tokio::sync::oneshot::Receiver<()>,
+) {
     state.is_h2.store(true, Relaxed);
     state.head_started_ms.store(0, Relaxed);
     let io = TokioIo::new(ActivityIo {
-        read: buf.freeze(),
+        read: read.freeze(),
         inner: tcp,
         state: state.clone(),
     });

@@ -29,8 +29,8 @@ use crate::compile::Backend;
 use crate::error::IntegrationError;
 use crate::fields::Fields;
 use crate::tcp::Tcp;
+use crate::wire::{self, Decoded, Decoder, ProtocolError, SendError};
 pub use http1::RequestHead;
-use http1::{Decoded, Decoder, ProtocolError, SendError};
 
 /// Idle connections kept per backend per worker.
 const MAX_IDLE_PER_BACKEND: usize = 256;
@@ -107,7 +107,7 @@ impl UpstreamPool {
                 None => Box::pin(self.connect(backend)).await?,
             };
             let failure =
-                match http1::write_message(&mut conn.io, &head, &mut scratch, &mut body, framing)
+                match wire::write_message(&mut conn.io, &head, &mut scratch, &mut body, framing)
                     .await
                 {
                     Ok(()) => match conn.read_head(head_request).await {
@@ -323,7 +323,7 @@ impl Connection {
                 return Ok(head);
             }
             let read =
-                std::future::poll_fn(|cx| http1::poll_read_buf(&mut self.io, &mut self.buf, cx))
+                std::future::poll_fn(|cx| wire::poll_read_buf(&mut self.io, &mut self.buf, cx))
                     .await;
             match read {
                 Ok(0) if received => return Err(ReadError::Protocol(ProtocolError::Truncated)),
@@ -410,7 +410,7 @@ impl Body for BackendBody {
                     return Poll::Ready(Some(Err(e.into())));
                 }
             }
-            match http1::poll_read_buf(&mut conn.io, &mut conn.buf, cx) {
+            match wire::poll_read_buf(&mut conn.io, &mut conn.buf, cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) if this.decoder == Decoder::Eof => {
                     this.release = None;

@@ -3,7 +3,8 @@
 //! (pipelined ones in order).
 //!
 //! Hand-written instead of hyper's server for the same reason as the backend client
-//! (`upstream/http1.rs`, whose head field handling, chunk decoder and body writer this reuses):
+//! (`upstream/http1.rs`; the framing fields, chunk decoder and body writer both use are in
+//! `wire.rs`):
 //! hyper's HTTP/1 server around the service was about a third of the edge's user-space
 //! instructions per proxied request (bench/callgrind.sh): its dispatcher, a new read buffer per
 //! request, the auto-detection and I/O wrappers.
@@ -32,13 +33,11 @@ use tokio::net::TcpStream;
 
 use super::ConnState;
 use crate::body::{self, ResponseBody};
-use crate::fields::{Fields, name_is, write_field};
+use crate::fields::{Fields, content_length, name_is, write_field};
 use crate::pipeline;
 use crate::request::ClientRequest;
 use crate::tcp::Tcp;
-use crate::upstream::http1::{
-    self as wire, BodyFraming, Chunked, Decoded, Decoder, Framing, ProtocolError,
-};
+use crate::wire::{self, BodyFraming, Chunked, Decoded, Decoder, Framing, ProtocolError};
 use crate::worker::Worker;
 
 /// Request header fields allowed (hyper's default, which the edge had before).
@@ -354,16 +353,7 @@ fn encode_head(
 ) -> (BodyFraming, bool) {
     let status = parts.status;
     out.clear();
-    // An HTTP/1.0 client gets its own version back, as hyper's server answered.
-    out.extend_from_slice(if exchange.version == Version::HTTP_10 {
-        b"HTTP/1.0 "
-    } else {
-        b"HTTP/1.1 "
-    });
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    status_line(out, exchange.version, status);
     let mut fields = HeadWriter::default();
     for (name, value) in &parts.headers {
         let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
@@ -448,9 +438,7 @@ impl HeadWriter {
         let is = |known: &str| name_is(name, known.as_bytes());
         match name.len() {
             14 if is("content-length") => {
-                self.declared = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok());
+                self.declared = content_length(value);
                 false
             }
             10 | 17 if is("connection") || is("transfer-encoding") => false,
@@ -465,12 +453,23 @@ impl HeadWriter {
 
 /// The answer to a refused head: no body, and the connection closes.
 fn encode_refusal(out: &mut Vec<u8>, status: StatusCode) {
-    out.extend_from_slice(b"HTTP/1.1 ");
+    status_line(out, Version::HTTP_11, status);
+    out.extend_from_slice(b"content-length: 0\r\nconnection: close\r\n");
+    date(out);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `HTTP/1.1 200 OK`. An HTTP/1.0 client gets its own version back, as hyper's server
+/// answered.
+fn status_line(out: &mut Vec<u8>, version: Version, status: StatusCode) {
+    out.extend_from_slice(if version == Version::HTTP_10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\n");
-    date(out);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -670,7 +669,7 @@ mod tests {
         let h = parse("GET / HTTP/1.1\r\nConnection: x-secret\r\nX-Secret: 1\r\nTE: trailers\r\nx-kept: 1\r\n\r\n")
             .unwrap()
             .unwrap();
-        let names: Vec<&[u8]> = h.fields.iter().map(|(n, _)| n).collect();
+        let names: Vec<&[u8]> = h.fields.fields().map(|f| f.name).collect();
         assert_eq!(names, [&b"x-kept"[..]], "connection-level fields stay here");
         let h =
             parse("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n")
