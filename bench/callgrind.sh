@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Instructions per proxied request under callgrind: Portico edge vs nginx reverse proxy, same
-# backend. Deterministic (about ±0.1% between runs), so it is the figure to compare changes
-# with; it does not see kernel time (bench/proxy.sh is the wall-clock side-by-side check).
+# backend. Deterministic (about ±0.1% between runs for nginx, ±0.3% for Portico), so it is the
+# figure to compare changes with; it does not see kernel time (bench/proxy.sh is the
+# wall-clock side-by-side check).
 #
 # Method: each proxy runs alone under `valgrind --tool=callgrind`, in front of a backend nginx
 # (`return 200 "ok\n"`, not under valgrind). After WARMUP requests the counters are zeroed

@@ -12,12 +12,17 @@
 //! when the request was written, so a request that had to wait (its connection was still
 //! waiting for the previous answer) counts the wait: no coordinated omission.
 //!
-//! Prints one line: `p50_us p99_us requests_per_second bad requests`. `bad` counts non-2xx
-//! answers and failed requests (a failed connection is reopened); answers must carry a
-//! Content-Length (chunked answers count as bad).
+//! Prints one line: `p50_us p99_us answers_per_second bad requests`. `requests` counts every
+//! request of the schedule; `bad` those that failed (no answer: a failed connection is
+//! reopened) or were answered other than 2xx. A failed request, or one never sent because the
+//! run stopped after ten seconds without an answer, enters the percentiles as infinitely slow
+//! (4294967295), so failures cannot flatter them. Answers must carry a Content-Length (chunked
+//! answers count as failed).
+//!
+//! Linux 5.11 and glibc 2.35 or later (`epoll_pwait2`).
 //!
 //! One `rustc -O` build with no dependencies, like the other generators; the few system calls
-//! std does not wrap (epoll, prctl) are declared here (Linux 5.11 or later, x86_64 and aarch64).
+//! std does not wrap (epoll, prctl) are declared here (x86_64 and aarch64).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -87,8 +92,10 @@ struct Generator {
     /// Nanoseconds between two requests overall.
     gap: f64,
     per_conn: u64,
+    /// One per request of the schedule once it is over; u32::MAX for a failed one.
     latencies_us: Vec<u32>,
-    bad: u64,
+    non_2xx: u64,
+    failed: u64,
 }
 
 impl Generator {
@@ -122,7 +129,8 @@ impl Generator {
             unsafe { epoll_ctl(self.epfd, EPOLL_CTL_DEL, s.as_raw_fd(), &mut ev) };
         }
         if self.conns[c].in_flight.take().is_some() {
-            self.bad += 1;
+            self.failed += 1;
+            self.latencies_us.push(u32::MAX);
         }
     }
 
@@ -168,7 +176,7 @@ impl Generator {
                     let us = (now_ns().saturating_sub(due) / 1000).min(u32::MAX as u64);
                     self.latencies_us.push(us as u32);
                     if !(200..300).contains(&status) {
-                        self.bad += 1;
+                        self.non_2xx += 1;
                     }
                 }
                 if close {
@@ -266,7 +274,8 @@ fn main() {
         gap: 1e9 / rate,
         per_conn,
         latencies_us: Vec::with_capacity(per_conn as usize * n),
-        bad: 0,
+        non_2xx: 0,
+        failed: 0,
     };
     for c in 0..n {
         g.open(c);
@@ -298,10 +307,23 @@ fn main() {
         // SAFETY: events is a valid buffer of 64 entries, timeout a valid timespec.
         let ready =
             unsafe { epoll_pwait2(epfd, events.as_mut_ptr(), 64, &timeout, std::ptr::null()) };
+        if ready < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            eprintln!("epoll_pwait2 failed: {e}");
+            std::process::exit(1);
+        }
         if ready == 0 && next.is_none() {
-            // Ten seconds without an answer: count the rest as failed.
+            // Ten seconds without an answer: what is in flight failed, and what was still to
+            // be sent counts as failed too.
             for c in 0..n {
                 g.fail(c);
+                let unsent = per_conn - g.conns[c].next;
+                g.failed += unsent;
+                g.latencies_us
+                    .extend(std::iter::repeat_n(u32::MAX, unsent as usize));
             }
             break;
         }
@@ -311,6 +333,7 @@ fn main() {
         }
     }
     let elapsed = (now_ns().saturating_sub(g.start)) as f64 / 1e9;
+    let answered = g.latencies_us.len() as u64 - g.failed;
     let mut all = std::mem::take(&mut g.latencies_us);
     all.sort_unstable();
     let pct = |p: f64| -> u32 {
@@ -323,8 +346,8 @@ fn main() {
         "{} {} {:.0} {} {}",
         pct(0.50),
         pct(0.99),
-        all.len() as f64 / elapsed.max(1e-9),
-        g.bad,
-        all.len() as u64 + g.bad
+        answered as f64 / elapsed.max(1e-9),
+        g.failed + g.non_2xx,
+        all.len()
     );
 }

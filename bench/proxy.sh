@@ -221,7 +221,7 @@ rustc_watch_end() { # -> echoes y or n
   if [ -e "$TMP/rustc.seen" ] || pgrep rustc >/dev/null 2>&1; then echo y; else echo n; fi
 }
 
-declare -A RPS REQS P50 P99 PX_US BE_US BAD STEAL RUSTC
+declare -A RPS P50 P99 PX_US BE_US BAD STEAL RUSTC
 run_sat() { # target round
   local t=$1 r=$2 url host out px0 px1 be0 be1 st0 st1 pxp
   url=$(target_url "$t"); host=$(target_host "$t")
@@ -254,7 +254,6 @@ run_sat() { # target round
     reqs=0; rps=0; p50=0us; p99=0us
   fi
   RPS[$t,$r]=$(printf '%.0f' "$rps")
-  REQS[$t,$r]=$reqs
   P50[$t,$r]=$(to_us "$p50")
   P99[$t,$r]=$(to_us "$p99")
   if [ "$reqs" -gt 0 ]; then
@@ -433,7 +432,7 @@ else
       times >"$TMP/times0"
       # ADDR HOST PATH RATE SECONDS CONNECTIONS -> "p50_us p99_us req/s bad requests"
       addr=${url#http://}; addr=${addr%%/*}
-      out=$(taskset -c "$LOAD_CPU" "$TMP/fixed_rate" "$addr" "${host:-$addr}" "$REQ_PATH" \
+      out=$(timeout $((LAT_DURATION + 30)) taskset -c "$LOAD_CPU" "$TMP/fixed_rate" "$addr" "${host:-$addr}" "$REQ_PATH" \
             "$LAT_RATE" "$LAT_DURATION" "$LAT_CONNS" 2>"$TMP/fixed_rate.$t.$r.err") || true
       if [[ "$out" =~ ^[0-9]+\ [0-9]+\ [0-9]+\ [0-9]+\ [0-9]+$ ]]; then
         read -r "L50[$t,$r]" "L99[$t,$r]" lrps "LBAD[$t,$r]" lreqs <<<"$out"
@@ -500,6 +499,9 @@ if [ "$SKIP_PORTICO" != 1 ]; then
   any_bad=0
   for k in "${!BAD[@]}"; do
     case $k in portico,*) [ "${BAD[$k]}" != 0 ] && any_bad=1 ;; esac
+  done
+  for k in "${!LBAD[@]}"; do
+    case $k in portico,*) [ "${LBAD[$k]}" != 0 ] && any_bad=1 ;; esac
   done
   if [ "$any_bad" = 1 ] || [ -n "$PORTICO_NOTE" ]; then
     echo "note        : Portico returned non-2xx responses or socket errors; last lines of its log:"

@@ -15,8 +15,8 @@ error_log $TMP/backend/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  # nginx closes a keep-alive connection after 1000 requests by default; h2load (fallback)
-  # does not reconnect in --rps mode, and the churn is noise for everyone else.
+  # nginx closes a keep-alive connection after 1000 requests by default: the churn is noise
+  # in a comparison of proxies.
   keepalive_requests 1000000;
   server {
     listen 127.0.0.1:$BACKEND_PORT;
