@@ -92,6 +92,8 @@ load() { # target requests -> h2load output
   h2load --h1 -n "$2" -c "$CONNS" -t 1 "${args[@]}" "$url" 2>&1
 }
 
+# Sets TOTAL to the instructions of the measured requests. Not run in a subshell: the PID it
+# starts must reach cleanup, and a failed step must stop the script.
 measure() { # target
   local t=$1 pid out file ok
   case $t in
@@ -124,13 +126,14 @@ measure() { # target
   cp "$file" "$OUT/$t.out"
   kill -TERM "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
-  awk '/^(summary|totals):/{print $2; exit}' "$file"
+  TOTAL=$(awk '/^(summary|totals):/{print $2; exit}' "$file")
 }
 
 declare -A IR
 for t in $TARGETS; do
   log "measuring $t under callgrind ($WARMUP warm-up, $N measured, $CONNS connections)"
-  total=$(measure "$t")
+  measure "$t"
+  total=$TOTAL
   IR[$t]=$(awk -v a="$total" -v n="$N" 'BEGIN{printf "%.0f", a/n}')
 done
 
