@@ -221,9 +221,11 @@ fn restarting_every_node_keeps_the_state() {
 /// After kill -9 of every node and a restart, a linearizable read (the default) sees every write
 /// that was acknowledged before the crash: the first 200 answer already holds them all.
 ///
-/// openraft 0.9 restores a restarted leader whose vote was committed as leader of the same term
-/// and takes its read index as max(first log id of its term, saved committed): the saved
-/// committed pointer must therefore cover every acknowledged write.
+/// A restarted node never resumes leading its old term: `read_vote` (control/src/raft/store/log.rs)
+/// reloads its vote as not committed, so it must win a new term first, and its read index is then
+/// at least the blank entry that opens that term, which commits every write acknowledged before.
+/// The saved commit pointer is not fsynced on its own (it rides with the next append), so it may
+/// lag behind the acknowledged writes after the crash; the reads must see them all regardless.
 #[test]
 fn linearizable_reads_after_a_crash_of_every_node_see_every_acknowledged_write() {
     let mut c = Cluster::start(3);

@@ -8,7 +8,7 @@
 //! DIR/ca.key         the cluster CA key (0600)
 //! DIR/node.pem       this node's certificate, issued by the CA
 //! DIR/node.key       its key (0600)
-//! DIR/raft/          the redb store
+//! DIR/raft/          the Raft store: the log in wal/, the vote and snapshots in raft.redb
 //! ```
 
 use std::net::SocketAddr;

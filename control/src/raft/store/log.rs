@@ -35,20 +35,23 @@ use redb::{Database, Durability, ReadableDatabase};
 use tokio::sync::{oneshot, watch};
 
 use super::wal::Wal;
-use super::{Ctx, INLINE, LogSummary, META, blocking, encode, encode_entry, key, read_meta};
+use super::{Ctx, INLINE, LogSummary, META, blocking, encode, encode_entry, key, lock, read_meta};
 use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 
-/// Bytes of entries queued for the writer before `append` waits for it.
+/// Bytes of entries queued for the writer before `append` waits for it; also the size at which
+/// the writer stops adding queued appends to a group and writes it (`run_writer`).
 const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 
 /// The log store. Cloning is cheap: clones share the files and the writer, and a clone is what
 /// openraft gets as its log reader.
 #[derive(Clone)]
 pub struct LogStore {
+    /// `None` when storage runs inline (simulations): every write is then done in the call.
+    /// First, so that it is dropped first: the last clone's drop waits for the writer's queued
+    /// writes ([`WriterHandle`]'s `Drop`) before this store lets go of the database.
+    writer: Option<Arc<WriterHandle>>,
     db: Arc<Database>,
     wal: Arc<Wal>,
-    /// `None` when storage runs inline (simulations): every write is then done in the call.
-    writer: Option<Arc<WriterHandle>>,
     durability: LogDurability,
     /// This node's id once known (0: unknown, so never a leader's early acknowledgement).
     node_id: Arc<AtomicU64>,
@@ -96,10 +99,36 @@ enum Job {
     ),
 }
 
+/// The sending end of the writer thread, owned only through the `Arc` in [`LogStore`] (the
+/// sender is never cloned, and no job holds a store).
 struct WriterHandle {
-    tx: mpsc::Sender<Job>,
+    /// `None` only once dropped: dropping it closes the channel, which ends the thread.
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     queued_bytes: Arc<AtomicUsize>,
     failed: Arc<AtomicBool>,
+}
+
+/// Closes the channel and waits for the writer thread to finish what is queued, so that once
+/// the last store clone is gone (and with it the database) no log write is still to come: a
+/// store opened again over the same directory never races the old one's writes. This blocks the
+/// dropping thread (a tokio worker, say) until the queue is written: normally little or nothing
+/// is queued by then (at worst `MAX_QUEUED_BYTES` and a job in progress).
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        // Joining itself would deadlock. It cannot happen (jobs hold no store), but is cheap to
+        // rule out.
+        if thread.thread().id() == std::thread::current().id() {
+            return;
+        }
+        if thread.join().is_err() {
+            tracing::error!("the Raft log writer thread panicked");
+        }
+    }
 }
 
 impl WriterHandle {
@@ -107,7 +136,7 @@ impl WriterHandle {
         let (tx, rx) = mpsc::channel();
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(AtomicBool::new(false));
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn({
                 let queued_bytes = queued_bytes.clone();
@@ -116,7 +145,8 @@ impl WriterHandle {
             })
             .ctx("starting the log writer thread")?;
         Ok(WriterHandle {
-            tx,
+            tx: Some(tx),
+            thread: Some(thread),
             queued_bytes,
             failed,
         })
@@ -129,6 +159,8 @@ impl WriterHandle {
             ));
         }
         self.tx
+            .as_ref()
+            .ok_or_else(|| AnyError::error("the log writer stopped"))?
             .send(job)
             .map_err(|_| AnyError::error("the log writer stopped"))
     }
@@ -255,7 +287,7 @@ impl LogStore {
     /// Whether entries appended now are this node's own, as an established leader.
     fn leading(&self) -> bool {
         let me = self.node_id.load(Ordering::Acquire);
-        let vote = self.vote.lock().unwrap_or_else(|p| p.into_inner());
+        let vote = lock(&self.vote);
         me != 0 && vote.is_some_and(|v| v.committed && v.leader_id.node_id == me)
     }
 
@@ -334,7 +366,7 @@ impl LogStore {
     }
 }
 
-/// `[start, end)` as redb bounds, or `None` when the range is empty.
+/// `range` as bounds for [`Wal::read`], with an included start, or `None` when it is empty.
 fn index_bounds(range: &impl RangeBounds<u64>) -> Option<(Bound<u64>, Bound<u64>)> {
     let start = match range.start_bound() {
         Bound::Included(&s) => s,
@@ -397,7 +429,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.write_meta_record(key::VOTE, bytes)
             .await
             .map_err(|e| io(StorageIOError::write_vote(e)))?;
-        *self.vote.lock().unwrap_or_else(|p| p.into_inner()) = Some(*vote);
+        *lock(&self.vote) = Some(*vote);
         Ok(())
     }
 
@@ -413,7 +445,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // the blank entry that opens that term commits everything acknowledged before. Safe for
         // Raft: the node still voted for that leader in that term, so it cannot vote twice.
         let vote = vote.map(|v| Vote::new(v.leader_id.term, v.leader_id.node_id));
-        *self.vote.lock().unwrap_or_else(|p| p.into_inner()) = vote;
+        *lock(&self.vote) = vote;
         Ok(vote)
     }
 

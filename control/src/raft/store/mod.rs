@@ -9,9 +9,11 @@
 //!
 //! Durability: the log is the truth and the state machine is persisted only as snapshots, the
 //! standard design. What a commit costs on disk is one `fdatasync` per node: the one that makes
-//! the appended entries durable before openraft is told they are flushed.
-//! - `append`, `save_vote`, `truncate` and `purge` are durable (fsync) before they are reported
-//!   done.
+//! the appended entries durable (shared by every append queued meanwhile).
+//! - `save_vote`, `truncate` and `purge` are durable (fsync) before they are reported done, and
+//!   so is `append`, except for a leader's own entries other than membership changes: those are
+//!   reported flushed when queued, and nothing is applied, answered or sent as committed until
+//!   they are durable (see the module docs of `log`).
 //! - `apply` writes nothing: it changes the in-memory [`State`] only. Writing the whole image
 //!   after every batch would cost an fsync and O(state size) per write.
 //! - `build_snapshot` and `install_snapshot` store the image durably. openraft purges the log
@@ -38,7 +40,7 @@ mod wal;
 use std::cell::Cell;
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::AnyError;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -175,8 +177,8 @@ fn open_blocking(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError
             });
         }
         None => {
-            // A new store: an empty log directory left by an interrupted first start is fine,
-            // anything else there belongs to some other store.
+            // A new database: record the format version. The log directory is not checked
+            // here; whatever segment files it holds are replayed below as this store's log.
             let txn = db.begin_write().map_err(|e| db_err(e.into()))?;
             {
                 let mut meta = txn.open_table(META).map_err(|e| db_err(e.into()))?;
@@ -352,9 +354,15 @@ fn encode_entry(entry: &Entry) -> Result<Vec<u8>, AnyError> {
     Ok(bytes)
 }
 
+/// Decodes a stored entry without checking its index (replay learns the index from it).
+fn decode_stored_entry(bytes: &[u8], what: &str) -> Result<Entry, AnyError> {
+    let StoredEntry::V1(entry) = decode::<StoredEntry, MAX_ENTRY_CLAIM>(bytes, what)?;
+    Ok(entry)
+}
+
+/// Decodes the stored entry expected at `index`.
 fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, AnyError> {
-    let StoredEntry::V1(entry) =
-        decode::<StoredEntry, MAX_ENTRY_CLAIM>(bytes, &format!("log entry {index}"))?;
+    let entry = decode_stored_entry(bytes, &format!("log entry {index}"))?;
     if entry.log_id.index != index {
         return Err(AnyError::error(format!(
             "log entry stored at index {index} has log id {}",
@@ -383,6 +391,12 @@ fn decode<T: DeserializeOwned, const LIMIT: usize>(
         )));
     }
     Ok(value)
+}
+
+/// Locks `m`, ignoring poisoning: a panic while it was held does not make every later storage
+/// call panic too.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Adds what was being done to a storage error.

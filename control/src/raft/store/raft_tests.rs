@@ -206,7 +206,11 @@ async fn a_restarted_node_replays_its_log_to_the_same_state() {
         let last = tests::segments(dir.path()).pop().unwrap();
         let end = tests::records_end(&std::fs::read(&last).unwrap());
         let none = super::encode(&None::<crate::raft::LogId>).unwrap();
-        tests::write_at(&last, end, &super::wal::raw_record(3, &none));
+        tests::write_at(
+            &last,
+            end,
+            &super::wal::raw_record(super::wal::KIND_COMMITTED, &none),
+        );
     }
     let (raft, reader) = start(&dir).await;
     assert_eq!(reader.applied(), snapshot_at);

@@ -598,13 +598,21 @@ async fn corrupt_records_are_errors_not_panics() {
 
     // A record whose checksum holds but whose content does not decode, an entry out of
     // sequence, and an unknown kind of record, each at the end of the log: refused.
+    let unknown_kind = 9;
+    assert!(![wal::KIND_ENTRY, wal::KIND_TRUNCATE, wal::KIND_COMMITTED].contains(&unknown_kind));
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (wal::raw_record(1, &garbage(64, 1)), "decoding"),
         (
-            wal::raw_record(1, &encode_entry(&normal(2, 9, put("z"))).unwrap()),
+            wal::raw_record(wal::KIND_ENTRY, &garbage(64, 1)),
+            "decoding",
+        ),
+        (
+            wal::raw_record(
+                wal::KIND_ENTRY,
+                &encode_entry(&normal(2, 9, put("z"))).unwrap(),
+            ),
             "hole",
         ),
-        (wal::raw_record(9, b"x"), "unknown record kind"),
+        (wal::raw_record(unknown_kind, b"x"), "unknown record kind"),
     ];
     for (record, expected) in cases {
         let dir = TempDir::new("corrupt-record");
@@ -798,6 +806,13 @@ fn spawn_append(log: &LogStore, entries: Vec<Entry>) -> tokio::task::JoinHandle<
     tokio::spawn(async move { log.blocking_append(entries).await.unwrap() })
 }
 
+/// Whether `f` is ready when polled once, now.
+fn ready_now<F: std::future::Future>(f: F) -> bool {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    f.as_mut().poll(&mut cx).is_ready()
+}
+
 /// Whether `task` is still running after a moment's wait.
 async fn still_running<T>(task: &tokio::task::JoinHandle<T>) -> bool {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -825,6 +840,21 @@ async fn a_leaders_entries_are_acknowledged_before_they_are_durable_but_not_appl
         .unwrap();
     assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries[..5]);
     assert_eq!(durable.borrow().map(|d| d.index), Some(2));
+    // What the state machine waits on before applying: ready for the durable entries, not for
+    // the ones acknowledged early (deterministic, unlike the timed check below).
+    let durability = log.durability();
+    assert!(
+        ready_now(durability.wait(2)),
+        "durable entries must not wait"
+    );
+    assert!(
+        !ready_now(durability.wait(3)),
+        "an early-acknowledged entry counted as durable"
+    );
+    assert!(
+        !ready_now(durability.wait(4)),
+        "an early-acknowledged entry counted as durable"
+    );
     let apply = tokio::spawn({
         let first = entries[..5].to_vec();
         async move {
@@ -845,6 +875,7 @@ async fn a_leaders_entries_are_acknowledged_before_they_are_durable_but_not_appl
     drop(release);
     let (mut sm, applied) = tokio::time::timeout(within, apply).await.unwrap().unwrap();
     assert_eq!(applied, done([0, 1, 2, 3, 4]));
+    assert!(ready_now(durability.wait(4)), "durable once written");
     tokio::time::timeout(within, append).await.unwrap().unwrap();
     assert_eq!(durable.borrow().map(|d| d.index), Some(5));
 

@@ -1,7 +1,8 @@
 //! The Raft log as append-only segment files (`DIR/wal/{seq}.wal`).
 //!
-//! Why not redb, which holds everything else: a commit pays the leader's log write and then a
-//! follower's, one after the other (openraft 0.9 replicates only once the leader's own write is
+//! Why not redb, which holds everything else: every commit waits for log writes (without the
+//! early acknowledgement in log.rs it would pay the leader's log write and then a follower's, one
+//! after the other, as openraft 0.9 replicates only once the leader's own write is reported
 //! flushed), and a redb transaction rewrites about a dozen scattered pages before its fsync. An
 //! append here is one positioned write into a file whose size is already durable, then one
 //! `fdatasync`: about a third of a redb commit on this project's machines (BENCHMARKS.md).
@@ -21,8 +22,10 @@
 //! append's makes them durable (see `LogStore::save_committed`).
 //!
 //! A crash can leave the last write half done. A record in the last segment that is cut short
-//! or fails its checksum is therefore taken as the end of the log: what follows it was never
-//! acknowledged (its fsync did not return). It is zeroed before anything is appended, so that
+//! or fails its checksum is therefore taken as the end of the log: its fsync did not return, so
+//! nothing in it or after it was answered to a client, applied, or reported committed (a leader
+//! acknowledges its own entries to openraft before they are durable, but nothing depends on them
+//! until they are: see log.rs). It is zeroed before anything is appended, so that
 //! stale bytes can never be read as records later. Anything else that does not decode — a bad
 //! record in an older segment, a record whose checksum holds but whose content does not, an
 //! entry out of sequence — is corruption, and opening the log fails with what and where.
@@ -32,12 +35,15 @@ use std::fs::{File, OpenOptions};
 use std::ops::RangeBounds;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use openraft::AnyError;
 use tokio::sync::watch;
 
-use super::{Ctx, MAX_ENCODED_ENTRY_BYTES, MAX_RECORD_BYTES, decode, decode_entry, encode};
+use super::{
+    Ctx, MAX_ENCODED_ENTRY_BYTES, MAX_RECORD_BYTES, decode, decode_entry, decode_stored_entry,
+    encode, lock,
+};
 use crate::raft::{Entry, LogId};
 
 /// The size a new segment is given. A batch larger than this gets a segment of its own size.
@@ -47,9 +53,9 @@ const HEADER: usize = 8;
 /// The largest record body replay accepts: an encoded entry plus its kind byte.
 const MAX_BODY: usize = MAX_ENCODED_ENTRY_BYTES + 1;
 
-const KIND_ENTRY: u8 = 1;
-const KIND_TRUNCATE: u8 = 2;
-const KIND_COMMITTED: u8 = 3;
+pub(super) const KIND_ENTRY: u8 = 1;
+pub(super) const KIND_TRUNCATE: u8 = 2;
+pub(super) const KIND_COMMITTED: u8 = 3;
 
 /// Where a live entry's record is.
 #[derive(Clone, Copy)]
@@ -76,8 +82,10 @@ struct Index {
     committed: Option<LogId>,
 }
 
-/// The writing end: the active segment. Only one write runs at a time (openraft's log calls
-/// are sequential); readers never wait for it, only for the brief index update after.
+/// The writing end: the active segment. Only one write runs at a time: writes come from the
+/// writer thread in log.rs (or, with inline storage and during an upgrade, from the one caller),
+/// and this lock serialises them anyway. Readers never take it; they wait only for the brief
+/// `index` updates around a write (recording what it wrote, or adding a new segment).
 struct Writer {
     seq: u64,
     file: Arc<File>,
@@ -91,10 +99,6 @@ pub(super) struct Wal {
     index: Mutex<Index>,
     /// The last entry known to be on disk (written and fsynced), with everything before it.
     durable: watch::Sender<Option<LogId>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
@@ -230,7 +234,7 @@ impl Wal {
                         let place = || format!("{} at offset {at}", path.display());
                         match kind {
                             KIND_ENTRY => {
-                                let entry = decode_entry_unchecked(&body)
+                                let entry = decode_stored_entry(&body, "a log entry")
                                     .map_err(|e| AnyError::error(format!("{}: {e}", place())))?;
                                 let i = entry.log_id.index;
                                 if let Some((&prev, _)) = index.entries.last_key_value()
@@ -530,24 +534,25 @@ impl Wal {
             // only the last segment can ever hold a torn write.
             w.file.sync_data().ctx("syncing the full log segment")?;
             // Each segment restates the commit pointer, so that purging older segments never
-            // loses it.
-            let mut index = lock(&self.index);
+            // loses it. The index is not held while the segment is created (two fsyncs): the
+            // commit pointer changes only after a write returns, and writes are serialised, so
+            // it cannot change meanwhile; and no entry points into the new segment before this
+            // write returns, so readers need not see the segment until then.
+            let committed = lock(&self.index).committed;
             let mut head = Vec::new();
-            record(KIND_COMMITTED, &encode(&index.committed)?, &mut head);
+            record(KIND_COMMITTED, &encode(&committed)?, &mut head);
             let seq = w.seq + 1;
             let capacity = SEGMENT_BYTES.max((head.len() + buf.len()) as u64);
             let file = create_segment(&self.dir, seq, capacity)?;
             file.write_all_at(&head, 0)
                 .ctx(format!("writing to log segment {seq}"))?;
-            // Readers find a segment as soon as it exists.
-            index.segments.insert(
+            lock(&self.index).segments.insert(
                 seq,
                 Segment {
                     file: file.clone(),
                     max_index: None,
                 },
             );
-            drop(index);
             *w = Writer {
                 seq,
                 file,
@@ -567,13 +572,6 @@ impl Wal {
         }
         Ok((w.seq, at))
     }
-}
-
-/// Decodes an entry body during replay, where its index is what is being learned.
-fn decode_entry_unchecked(body: &[u8]) -> Result<Entry, AnyError> {
-    let super::StoredEntry::V1(entry) =
-        decode::<super::StoredEntry, { super::MAX_ENTRY_CLAIM }>(body, "a log entry")?;
-    Ok(entry)
 }
 
 /// Writes a raw record (for tests that build damaged logs).
