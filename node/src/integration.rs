@@ -1,5 +1,8 @@
 //! Phase "integrate": build the backend request, call it, shape its response.
 
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
@@ -31,8 +34,7 @@ pub struct CallContext<'a> {
     /// The client's address, ready for X-Forwarded-For.
     pub client_ip: &'a HeaderValue,
     pub scheme: &'static str,
-    /// When the request's head was complete: the integration's latency and timeout count from
-    /// here (routing takes microseconds; a clock read per request is saved).
+    /// When the request's head was complete: the integration's timeout counts from here.
     pub started: Instant,
 }
 
@@ -42,12 +44,34 @@ pub struct Outcome {
     pub latency: Option<Duration>,
 }
 
-pub async fn call(
+/// An integration ready to be called: everything it needs from the request, worked out
+/// before anything is awaited. Keeping this apart from [`call`] keeps the future a request
+/// awaits small (see `pipeline.rs`).
+// Built once per request and called by reference, never moved around: boxing the large
+// variant would only add an allocation per proxied request.
+#[allow(clippy::large_enum_variant)]
+pub enum Prepared<'c> {
+    Mock {
+        mock: &'c MockResponse,
+        body: UpstreamBody,
+    },
+    Backend {
+        call: &'c BackendCall,
+        /// The `http` integration's response mappings; `None` for `http_proxy`.
+        mappings: Option<&'c HttpCall>,
+        request: BackendRequest,
+        body: UpstreamBody,
+        deadline: Instant,
+    },
+}
+
+/// The integration's request, from the client's.
+pub fn prepare<'c>(
     worker: &Worker,
-    integration: &CompiledIntegration,
+    integration: &'c CompiledIntegration,
     ctx: &CallContext<'_>,
     req: ClientRequest,
-) -> Result<Outcome, IntegrationError> {
+) -> Prepared<'c> {
     let ClientRequest {
         method,
         uri,
@@ -55,47 +79,104 @@ pub async fn call(
         body,
         ..
     } = req;
-    match integration {
+    let (call, mappings, request) = match integration {
         CompiledIntegration::Mock(mock) => {
-            // Read the request body to its end before answering, so the connection stays
-            // usable and a client still uploading does not see a reset.
-            drain(worker, body).await?;
-            Ok(Outcome {
-                response: mock_response(mock),
-                latency: None,
-            })
+            return Prepared::Mock {
+                mock,
+                body: limit(worker, body),
+            };
         }
         CompiledIntegration::HttpProxy(call) => {
-            let upstream = proxy_request(call, ctx, method, &uri, fields);
-            // The backend client has already consumed the response's connection-level fields.
-            let (response, latency) =
-                send(worker, call, ctx.started, upstream, limit(worker, body)).await?;
-            Ok(Outcome {
-                response: response.map(ResponseBody::backend),
-                latency: Some(latency),
-            })
+            (call, None, proxy_request(call, ctx, method, &uri, fields))
         }
-        CompiledIntegration::Http(http) => {
-            let upstream = http_request(http, ctx, method, &uri, &fields);
-            let (response, latency) = send(
-                worker,
-                &http.call,
-                ctx.started,
-                upstream,
-                limit(worker, body),
-            )
-            .await?;
-            Ok(Outcome {
-                response: map_http_response(http, response),
-                latency: Some(latency),
-            })
-        }
+        CompiledIntegration::Http(http) => (
+            &http.call,
+            Some(http),
+            http_request(http, ctx, method, &uri, &fields),
+        ),
+    };
+    Prepared::Backend {
+        call,
+        mappings,
+        request,
+        body: limit(worker, body),
+        // The timeout is bounded by validation (MAX_INTEGRATION_TIMEOUT_MS), so this sum
+        // cannot overflow; the fallback only keeps the path free of a panic.
+        deadline: ctx.started.checked_add(call.timeout).unwrap_or(ctx.started),
     }
 }
 
-async fn drain(worker: &Worker, body: RequestBody) -> Result<(), IntegrationError> {
+/// Calls the integration. `started` is when the request's head was complete: the
+/// integration's latency counts from there (routing takes microseconds; a clock read per
+/// request is saved).
+///
+/// Takes the prepared call by reference and polls the backend call and its deadline side by
+/// side rather than through `tokio::time::timeout`: each would have been one more copy of the
+/// backend call's future per request.
+pub async fn call(
+    worker: &Worker,
+    prepared: &mut Prepared<'_>,
+    started: Instant,
+) -> Result<Outcome, IntegrationError> {
+    let (call, mappings, request, body, deadline) = match prepared {
+        Prepared::Mock { mock, body } => {
+            // Read the request body to its end before answering, so the connection stays
+            // usable and a client still uploading does not see a reset.
+            drain(worker, body).await?;
+            return Ok(Outcome {
+                response: mock_response(mock),
+                latency: None,
+            });
+        }
+        Prepared::Backend {
+            call,
+            mappings,
+            request,
+            body,
+            deadline,
+        } => (*call, *mappings, request, body, *deadline),
+    };
+    let fields = request.forwarded.fields();
+    let head = RequestHead {
+        method: &request.method,
+        path: &request.path,
+        headers: &request.headers,
+        set: &fields.0[..fields.1],
+    };
+    let mut sent = pin!(worker.pool.send(&call.backend, head, body));
+    let mut timer = pin!(tokio::time::sleep_until(deadline.into()));
+    let sent = poll_fn(|cx| match sent.as_mut().poll(cx) {
+        Poll::Ready(result) => Poll::Ready(Some(result)),
+        Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
+    });
+    let response = match sent.await {
+        Some(Ok(response)) => response,
+        Some(Err(IntegrationError::BodyTooLarge { .. })) => {
+            return Err(IntegrationError::BodyTooLarge {
+                limit: worker.settings.max_body_bytes,
+            });
+        }
+        Some(Err(e)) => return Err(e),
+        None => {
+            return Err(IntegrationError::Timeout {
+                backend: call.backend.key.to_string(),
+                after: call.timeout,
+            });
+        }
+    };
+    let latency = started.elapsed();
+    Ok(Outcome {
+        response: match mappings {
+            // The backend client has already consumed the response's connection-level fields.
+            None => response.map(ResponseBody::backend),
+            Some(http) => map_http_response(http, response),
+        },
+        latency: Some(latency),
+    })
+}
+
+async fn drain(worker: &Worker, body: &mut UpstreamBody) -> Result<(), IntegrationError> {
     use http_body_util::BodyExt;
-    let mut body = limit(worker, body);
     while let Some(frame) = body.frame().await {
         if let Err(e) = frame {
             return Err(if e.is::<http_body_util::LengthLimitError>() {
@@ -118,44 +199,13 @@ fn limit(worker: &Worker, body: RequestBody) -> UpstreamBody {
 }
 
 /// A backend request before it is written.
-struct BackendRequest {
+pub struct BackendRequest {
     method: Method,
     /// Valid by construction (see `compile::backend_call`).
     path: String,
     /// Sent except for the fields `forwarded` sets.
     headers: Fields,
     forwarded: Forwarded,
-}
-
-async fn send(
-    worker: &Worker,
-    call: &BackendCall,
-    started: Instant,
-    req: BackendRequest,
-    body: UpstreamBody,
-) -> Result<(Response<BackendBody>, Duration), IntegrationError> {
-    // The timeout is bounded by validation (MAX_INTEGRATION_TIMEOUT_MS), so this sum cannot
-    // overflow; the fallback only keeps the path free of a panic.
-    let deadline = started.checked_add(call.timeout).unwrap_or(started);
-    let fields = req.forwarded.fields();
-    let head = RequestHead {
-        method: &req.method,
-        path: &req.path,
-        headers: &req.headers,
-        set: &fields.0[..fields.1],
-    };
-    let sent = worker.pool.send(&call.backend, head, body);
-    match tokio::time::timeout_at(deadline.into(), sent).await {
-        Ok(Ok(response)) => Ok((response, started.elapsed())),
-        Ok(Err(IntegrationError::BodyTooLarge { .. })) => Err(IntegrationError::BodyTooLarge {
-            limit: worker.settings.max_body_bytes,
-        }),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(IntegrationError::Timeout {
-            backend: call.backend.key.to_string(),
-            after: call.timeout,
-        }),
-    }
 }
 
 fn mock_response(mock: &MockResponse) -> Response<ResponseBody> {

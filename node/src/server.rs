@@ -517,13 +517,10 @@ async fn serve_h2(
     let service = {
         let state = state.clone();
         service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let answer = pipeline::handle(
-                worker.clone(),
-                state.clone(),
-                ClientRequest::from_http2(req),
-            );
+            let (worker, state) = (worker.clone(), state.clone());
             async move {
-                let mut response = answer.await?;
+                let req = ClientRequest::from_http2(req);
+                let mut response = pipeline::handle(&worker, &state, req).await?;
                 // hyper writes the fields from the header map only.
                 let (mut parts, mut body) = response.into_parts();
                 body.move_fields_into(&mut parts.headers);

@@ -82,7 +82,7 @@ impl UpstreamPool {
         self: &Arc<Self>,
         backend: &Backend,
         head: RequestHead<'_>,
-        mut body: UpstreamBody,
+        body: &mut UpstreamBody,
     ) -> Result<Response<BackendBody>, IntegrationError> {
         let framing = http1::request_framing(head.method, head.headers, body.is_end_stream())
             .map_err(|reason| IntegrationError::ClientBody {
@@ -107,9 +107,7 @@ impl UpstreamPool {
                 None => Box::pin(self.connect(backend)).await?,
             };
             let failure =
-                match wire::write_message(&mut conn.io, &head, &mut scratch, &mut body, framing)
-                    .await
-                {
+                match wire::write_message(&mut conn.io, &head, &mut scratch, body, framing).await {
                     Ok(()) => match conn.read_head(head_request).await {
                         Ok(head) => return Ok(self.response(backend, conn, head)),
                         // The request went out whole, and the backend may have seen it before it

@@ -134,7 +134,7 @@ pub(super) async fn serve(
             fields: head.fields,
             body: body::RequestBody::Http1(body),
         };
-        let response = match pipeline::handle(worker.clone(), state.clone(), request).await {
+        let response = match pipeline::handle(&worker, &state, request).await {
             Ok(response) => response,
             Err(never) => match never {},
         };
