@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -104,6 +105,13 @@ impl ResponseBody {
 
     pub fn set_finish(&mut self, finish: Box<Finish>) {
         self.finish = Some(finish);
+    }
+
+    /// The request id the response answers, once the pipeline has set the books
+    /// ([`ResponseBody::set_finish`]); the protocol layer sends it as `x-request-id`, in place
+    /// of any the response's own fields carry.
+    pub fn request_id(&self) -> Option<&HeaderValue> {
+        self.finish.as_ref().map(|f| &f.record.request_id)
     }
 
     /// A proxied response's fields as the backend sent them, when they are not in the

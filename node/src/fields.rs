@@ -79,6 +79,12 @@ impl Fields {
         HeaderValue::from_maybe_shared(self.bytes.slice(vs..ve)).ok()
     }
 
+    /// The first value of `name`, sharing this buffer, as the parser checked it.
+    pub fn raw_value(&self, name: &str) -> Option<Bytes> {
+        let (vs, ve) = self.values_of(name).next()?;
+        Some(self.bytes.slice(vs..ve))
+    }
+
     /// Where the values of the field `name` (lowercase) lie, in order.
     fn values_of<'a, 'n>(
         &'a self,
@@ -153,10 +159,15 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
 /// A Content-Length value (RFC 9110 §8.6): digits, with surrounding whitespace allowed.
 pub fn content_length(value: &[u8]) -> Option<u64> {
     let digits = value.trim_ascii();
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() {
         return None;
     }
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    digits.iter().try_fold(0u64, |n, &d| {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// One field of a [`Fields`].

@@ -5,6 +5,7 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Response, Uri};
 
@@ -336,10 +337,12 @@ fn map_http_response(http: &HttpCall, response: Response<BackendBody>) -> Respon
     out
 }
 
-fn original_host(uri: &Uri, headers: &Fields) -> Option<HeaderValue> {
+/// The host the client asked for. Both sources are checked already (the URI by its parser,
+/// the field by the head's), so the bytes are taken as they are.
+fn original_host(uri: &Uri, headers: &Fields) -> Option<Bytes> {
     match uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => headers.value("host"),
+        Some(a) => Some(Bytes::copy_from_slice(a.as_str().as_bytes())),
+        None => headers.raw_value("host"),
     }
 }
 
@@ -350,7 +353,7 @@ struct Forwarded {
     forwarded_for: HeaderValue,
     proto: HeaderValue,
     request_id: HeaderValue,
-    forwarded_host: Option<HeaderValue>,
+    forwarded_host: Option<Bytes>,
 }
 
 impl Forwarded {
@@ -358,7 +361,7 @@ impl Forwarded {
         call: &BackendCall,
         ctx: &CallContext<'_>,
         headers: &Fields,
-        original_host: Option<HeaderValue>,
+        original_host: Option<Bytes>,
     ) -> Forwarded {
         let mut chain = headers.get_all("x-forwarded-for").peekable();
         let forwarded_for = match chain.peek() {
@@ -380,15 +383,17 @@ impl Forwarded {
     }
 
     /// The fields as (name, value) pairs: the first `.1` of the array.
-    fn fields(&self) -> ([(&'static HeaderName, &HeaderValue); 5], usize) {
+    fn fields(&self) -> ([(&'static HeaderName, &[u8]); 5], usize) {
         let fields = [
-            (&HOST, &self.host),
-            (&X_FORWARDED_FOR, &self.forwarded_for),
-            (&X_FORWARDED_PROTO, &self.proto),
-            (&REQUEST_ID, &self.request_id),
+            (&HOST, self.host.as_bytes()),
+            (&X_FORWARDED_FOR, self.forwarded_for.as_bytes()),
+            (&X_FORWARDED_PROTO, self.proto.as_bytes()),
+            (&REQUEST_ID, self.request_id.as_bytes()),
             (
                 &X_FORWARDED_HOST,
-                self.forwarded_host.as_ref().unwrap_or(&self.host),
+                self.forwarded_host
+                    .as_deref()
+                    .unwrap_or(self.host.as_bytes()),
             ),
         ];
         (fields, if self.forwarded_host.is_some() { 5 } else { 4 })

@@ -31,7 +31,7 @@ use crate::error::{GatewayError, RouteError, gateway_response};
 use crate::fields::content_length;
 use crate::integration::{self, CallContext, Prepared};
 use crate::request::ClientRequest;
-use crate::request_id::{self, REQUEST_ID};
+use crate::request_id;
 use crate::server::{ConnState, Listener};
 use crate::worker::Worker;
 
@@ -128,26 +128,25 @@ impl<'c> Exchange<'c> {
         }
     }
 
-    /// The response, with the request id, and the books to close when its body is done.
+    /// The response, and the books to close when its body is done. The request id travels with
+    /// the books ([`ResponseBody::request_id`]) and the protocol layer writes it: inserting it
+    /// into the header map cost a map allocation and a hash per request.
     fn respond(
         mut self,
         worker: &Worker,
         conn: &Arc<ConnState>,
         result: Result<Response<ResponseBody>, GatewayError>,
     ) -> Response<ResponseBody> {
-        let request_id = self.record.request_id.clone();
         let mut response = match result {
             Ok(response) => response,
             Err(err) => {
+                let request_id = &self.record.request_id;
+                tracing::debug!(?request_id, error = %err, "gateway error");
                 self.record.error_type = Some(err.response_type().as_str());
-                tracing::debug!(request_id = ?request_id, error = %err, "gateway error");
-                gateway_response(&err, self.stage, &request_id)
+                gateway_response(&err, self.stage, &self.record.request_id)
             }
         };
         self.record.status = response.status().as_u16();
-        response
-            .headers_mut()
-            .insert(REQUEST_ID.clone(), request_id);
         let metrics = match self.stage {
             Some(stage) => stage.metrics.clone(),
             None => worker.metrics.unmatched.clone(),

@@ -31,6 +31,7 @@ use crate::access_log::{AccessLog, FLUSH_INTERVAL};
 use crate::metrics::Metrics;
 use crate::pipeline;
 use crate::request::ClientRequest;
+use crate::request_id::REQUEST_ID;
 use crate::settings::EdgeSettings;
 use crate::store::ConfigStore;
 use crate::upstream::{UpstreamPool, backend_tls_config};
@@ -523,6 +524,9 @@ async fn serve_h2(
                 let mut response = pipeline::handle(&worker, &state, req).await?;
                 // hyper writes the fields from the header map only.
                 let (mut parts, mut body) = response.into_parts();
+                if let Some(id) = body.request_id() {
+                    parts.headers.insert(&REQUEST_ID, id.clone());
+                }
                 body.move_fields_into(&mut parts.headers);
                 response = http::Response::from_parts(parts, body);
                 Ok::<_, std::convert::Infallible>(response)

@@ -36,6 +36,7 @@ use crate::body::{self, ResponseBody};
 use crate::fields::{Fields, content_length, name_is, write_field};
 use crate::pipeline;
 use crate::request::ClientRequest;
+use crate::request_id::REQUEST_ID;
 use crate::tcp::Tcp;
 use crate::wire::{self, BodyFraming, Chunked, Decoded, Decoder, Framing, ProtocolError};
 use crate::worker::Worker;
@@ -354,7 +355,11 @@ fn encode_head(
     let status = parts.status;
     out.clear();
     status_line(out, exchange.version, status);
-    let mut fields = HeadWriter::default();
+    let request_id = body.request_id();
+    let mut fields = HeadWriter {
+        own_id: request_id.is_some(),
+        ..HeadWriter::default()
+    };
     for (name, value) in &parts.headers {
         let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
         if fields.admit(name, value) {
@@ -375,9 +380,14 @@ fn encode_head(
             }
         }
     }
-    let HeadWriter { dated, declared } = fields;
+    let HeadWriter {
+        dated, declared, ..
+    } = fields;
     if !dated {
         date(out);
+    }
+    if let Some(id) = request_id {
+        write_field(out, REQUEST_ID.as_str().as_bytes(), id.as_bytes());
     }
 
     let mut keep_alive = exchange.keep_alive;
@@ -429,6 +439,9 @@ struct HeadWriter {
     /// The response's Content-Length, when it is a number; kept as it is, since it may differ
     /// from the body's (a HEAD request).
     declared: Option<u64>,
+    /// The edge writes the request id itself: any `x-request-id` the response carries is
+    /// dropped.
+    own_id: bool,
 }
 
 impl HeadWriter {
@@ -442,6 +455,7 @@ impl HeadWriter {
                 false
             }
             10 | 17 if is("connection") || is("transfer-encoding") => false,
+            12 if self.own_id && is("x-request-id") => false,
             4 if is("date") => {
                 self.dated = true;
                 true
