@@ -43,6 +43,7 @@ apis:
           headers:
             content-type: application/json
             x-mock: "yes"
+            x-request-id: "from-mock"
           body: '{"status":"ok"}'
       - key: ANY /empty
         integration:
@@ -136,7 +137,9 @@ fn mock_integrations_answer_from_the_gateway() {
         assert_eq!(r.header("x-mock"), Some("yes"));
         assert_eq!(r.header("content-type"), Some("application/json"));
         assert_eq!(r.json(), serde_json::json!({"status": "ok"}));
-        r.request_id();
+        // The edge's request id replaces the one the mock sets, and is the only one.
+        assert_ne!(r.request_id(), "from-mock");
+        assert_eq!(r.headers.get_all("x-request-id").iter().count(), 1);
 
         // A mock with nothing set: 200, empty body, any method.
         let r = send(

@@ -781,7 +781,8 @@ struct BackendState {
 /// * `/close[/...]`: the same, then the backend closes the connection;
 /// * `/bytes?n=N`: N bytes of `pattern_body(N, 99)`, nothing else.
 ///
-/// Every echo also carries `location: /created{path}` and `x-backend-only: yes`.
+/// Every echo also carries `location: /created{path}`, `x-backend-only: yes` and
+/// `x-request-id: from-backend`, which the edge must replace with the request's own id.
 pub struct Backend {
     pub addr: SocketAddr,
     state: Arc<BackendState>,
@@ -932,6 +933,7 @@ async fn backend_answer(
     h.insert("content-type", "application/json".parse().unwrap());
     h.insert("location", format!("/created{path}").parse().unwrap());
     h.insert("x-backend-only", "yes".parse().unwrap());
+    h.insert("x-request-id", "from-backend".parse().unwrap());
     if path.starts_with("/close") {
         h.insert("connection", "close".parse().unwrap());
     }
