@@ -7,6 +7,13 @@
 //! the system call, two atomic operations on the thread's state that were 1.4% of the edge's
 //! CPU time per proxied request (`perf record` at saturation). nginx's worker, a
 //! single-threaded process, skips them. `libc::syscall` is not a cancellation point.
+//!
+//! Like tokio's own reads and writes (`PollEvented`), a read that leaves part of the buffer
+//! unfilled, or a write that leaves part of the data unsent, shows that the socket is drained
+//! or full: the readiness is cleared then, so the next call waits for epoll's next edge
+//! instead of making a system call only to get `EAGAIN`. Without that, every proxied request
+//! cost two more `recvfrom` calls (one on the client's connection, one on the backend's)
+//! than nginx's: 6.5 system calls per request against its 5.5 at a fixed rate.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -70,6 +77,13 @@ fn send(fd: i32, data: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// What the `try_io` closures return after a short read or write: `WouldBlock` makes tokio
+/// clear the readiness, with the readiness tick it took *before* the system call, so an edge
+/// that arrived meanwhile is not lost. The bytes moved are passed out beside it.
+fn drained_marker() -> io::Error {
+    io::ErrorKind::WouldBlock.into()
+}
+
 impl AsyncRead for Tcp {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -83,18 +97,28 @@ impl AsyncRead for Tcp {
             // SAFETY: `recv` only writes into the unfilled part, and reports how much it
             // wrote; those bytes are marked initialised below and no others.
             let unfilled = unsafe { buf.unfilled_mut() };
-            match stream.try_io(Interest::READABLE, || recv(fd, unfilled)) {
-                Ok(n) => {
-                    // SAFETY: the kernel initialised the first `n` bytes of the unfilled part.
-                    unsafe { buf.assume_init(n) };
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+            let len = unfilled.len();
+            let mut drained = None;
+            let result = stream.try_io(Interest::READABLE, || {
+                let n = recv(fd, unfilled)?;
+                if 0 < n && n < len {
+                    drained = Some(n);
+                    return Err(drained_marker());
                 }
+                Ok(n)
+            });
+            let n = match (result, drained) {
+                (_, Some(n)) => n,
+                (Ok(n), None) => n,
                 // Readiness was stale: tokio cleared it, so the next poll registers the waker.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+                (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                (Err(e), None) if e.kind() == io::ErrorKind::Interrupted => continue,
+                (Err(e), None) => return Poll::Ready(Err(e)),
+            };
+            // SAFETY: the kernel initialised the first `n` bytes of the unfilled part.
+            unsafe { buf.assume_init(n) };
+            buf.advance(n);
+            return Poll::Ready(Ok(()));
         }
     }
 }
@@ -109,10 +133,20 @@ impl AsyncWrite for Tcp {
         let fd = stream.as_raw_fd();
         loop {
             ready!(stream.poll_write_ready(cx))?;
-            match stream.try_io(Interest::WRITABLE, || send(fd, data)) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                result => return Poll::Ready(result),
+            let mut full = None;
+            let result = stream.try_io(Interest::WRITABLE, || {
+                let n = send(fd, data)?;
+                if 0 < n && n < data.len() {
+                    full = Some(n);
+                    return Err(drained_marker());
+                }
+                Ok(n)
+            });
+            match (result, full) {
+                (_, Some(n)) => return Poll::Ready(Ok(n)),
+                (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                (Err(e), None) if e.kind() == io::ErrorKind::Interrupted => continue,
+                (result, None) => return Poll::Ready(result),
             }
         }
     }
@@ -153,6 +187,47 @@ mod tests {
         server.shutdown().await.unwrap();
         drop(server);
         assert_eq!(client.await.unwrap(), big);
+    }
+
+    /// A short read clears the readiness: data that arrives later must still wake the reader,
+    /// and a close that arrived with the data must still be seen as the end.
+    #[tokio::test]
+    async fn short_reads_miss_neither_later_data_nor_the_end() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut peer = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut server = Tcp::new(server);
+        let mut buf = [0u8; 1024];
+        for round in 0..50u8 {
+            peer.write_all(&[round; 3]).await.unwrap();
+            let mut got = 0;
+            while got < 3 {
+                let n = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    server.read(&mut buf[got..]),
+                )
+                .await
+                .expect("a read after a short read never woke up")
+                .unwrap();
+                assert!(n > 0, "end of stream in round {round}");
+                got += n;
+            }
+            assert_eq!(&buf[..3], &[round; 3]);
+        }
+        // Data and the close in one go: the short read that takes the data must not hide the
+        // close from the next read.
+        peer.write_all(b"last").await.unwrap();
+        peer.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            server.read_to_end(&mut rest),
+        )
+        .await
+        .expect("the close after a short read was never seen")
+        .unwrap();
+        assert_eq!(rest, b"last");
     }
 
     #[tokio::test]
