@@ -138,9 +138,7 @@ pub fn run(command: ControlCommand) -> Result<()> {
                     .context("promoting this node to voter failed; it stays a learner")?;
                 println!("Joined cluster {:?} as node {}.", grant.cluster_name, grant.node_id);
             }
-            wait_for_shutdown(None).await?;
-            running.shutdown().await;
-            Ok(())
+            run_until_stopped(running).await
         }),
         ControlCommand::Leave { data, server } => control_runtime()?.block_on(async move {
             let config = run::load_config(&data)?;
@@ -158,9 +156,21 @@ pub fn run(command: ControlCommand) -> Result<()> {
             let running = run::start(config)
                 .await
                 .with_context(|| format!("cannot start the control node in {}", data.display()))?;
-            wait_for_shutdown(None).await?;
-            running.shutdown().await;
-            Ok(())
+            run_until_stopped(running).await
         }),
     }
+}
+
+/// Serves until SIGTERM or SIGINT, or until Raft stops on this node by itself; then the
+/// process exits with an error, for its supervisor to restart it.
+async fn run_until_stopped(running: run::Running) -> Result<()> {
+    tokio::select! {
+        signalled = wait_for_shutdown(None) => signalled?,
+        reason = running.raft_stopped() => {
+            running.shutdown().await;
+            anyhow::bail!("Raft stopped on this node: {reason}; restart it once the cause is fixed (its log is replayed from disk)");
+        }
+    }
+    running.shutdown().await;
+    Ok(())
 }

@@ -87,10 +87,19 @@ pub fn run(args: DevArgs) -> Result<()> {
             token_path.display(),
             settings.ops_listen,
         );
-        wait_for_shutdown(None).await?;
+        let raft_stopped = tokio::select! {
+            signalled = wait_for_shutdown(None) => {
+                signalled?;
+                None
+            }
+            reason = control.raft_stopped() => Some(reason),
+        };
         running.shutdown().await;
         control.shutdown().await;
-        Ok(())
+        match raft_stopped {
+            Some(reason) => anyhow::bail!("Raft stopped in the control node: {reason}"),
+            None => Ok(()),
+        }
     })
 }
 

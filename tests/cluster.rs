@@ -7,6 +7,9 @@ mod cluster_support;
 mod common;
 
 use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cluster_support::{
@@ -1009,5 +1012,121 @@ fn cli_apply_get_deploy_delete() {
         String::from_utf8_lossy(&out.stderr).contains("404"),
         "{}",
         output_text(&out)
+    );
+}
+
+/// A tmpfs mounted on a directory while the value lives (`mount` needs root).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mount -t tmpfs on {}: {status}",
+            dir.display()
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Writes a file until the file system is full (ENOSPC).
+    fn fill(&self) {
+        let mut file = std::fs::File::create(self.0.join("filler")).expect("create the filler");
+        let chunk = vec![1u8; 1 << 20];
+        loop {
+            if let Err(e) = file.write_all(&chunk) {
+                assert_eq!(
+                    e.raw_os_error(),
+                    Some(28),
+                    "filling {}: {e}",
+                    self.0.display()
+                );
+                return;
+            }
+        }
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.0.join("filler")).expect("remove the filler");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        // The cluster's directory is gone by now but for this mount point.
+        let _ = std::fs::remove_dir(&self.0);
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// The leader's disk fills up under a write it has already acknowledged to itself (a leader
+/// counts its own entries before they are durable): it must not go on as a leader that can
+/// apply nothing. Its process exits with the reason, the others elect a leader and take
+/// writes, and once there is room again the node restarts and catches up.
+#[test]
+fn a_leader_whose_disk_fills_exits_and_the_others_go_on() {
+    if !is_root() {
+        eprintln!("skipped: mounting a small file system to fill needs root");
+        return;
+    }
+    let mut disk = None;
+    let mut c = Cluster::start_prepared(3, None, |dir| disk = Some(Tmpfs::mount(dir, "32m")));
+    let disk = disk.expect("node 1's directory is mounted");
+    assert_eq!(
+        c.wait_leader(CONVERGE_TIMEOUT),
+        0,
+        "node 1, which started the cluster, leads it"
+    );
+    let r = c.put_api(0, "before", "b").unwrap();
+    assert_eq!(r.status, 200, "{}", text(&r));
+
+    disk.fill();
+    // Each entry more than a page: it cannot fit in a page the log already holds.
+    let big = "x".repeat(16 * 1024);
+    let answer = c.put_api(0, "lost", &big);
+    if let Ok(r) = &answer {
+        assert!(
+            r.status >= 500,
+            "a write to a full disk succeeded: {}",
+            text(r)
+        );
+    }
+    let status = c
+        .wait_exit(0, Duration::from_secs(20))
+        .expect("node 1 went on running with a full disk");
+    assert!(!status.success(), "node 1 exited with {status}");
+    let stderr = c.nodes[0].stderr().joined();
+    assert!(
+        stderr.contains("Raft stopped on this node"),
+        "node 1's stderr does not say why it stopped:\n{stderr}"
+    );
+
+    let leader = c.wait_leader(CONVERGE_TIMEOUT);
+    assert_ne!(leader, 0);
+    let r = c.put_api_retrying(leader, "after", "a");
+    assert_eq!(r.status, 200, "{}", text(&r));
+
+    disk.free();
+    c.restart(0);
+    c.wait_converged(CONVERGE_TIMEOUT);
+    let apis = c.apis_stale(0);
+    assert!(
+        apis.contains_key("before") && apis.contains_key("after"),
+        "node 1 after its restart: {:?}",
+        apis.keys().collect::<Vec<_>>()
     );
 }

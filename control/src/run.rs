@@ -195,6 +195,21 @@ pub struct Running {
 }
 
 impl Running {
+    /// Resolves, with the reason, once Raft has stopped on this node by itself. openraft stops
+    /// for good on a storage error (a log write that failed, say), and a node whose Raft has
+    /// stopped can neither write nor serve current reads: its process should exit, so that a
+    /// supervisor restarts it (the log is replayed from disk) and edges move to another node.
+    pub async fn raft_stopped(&self) -> String {
+        let mut metrics = self.node.raft.metrics();
+        match metrics.wait_for(|m| m.running_state.is_err()).await {
+            Ok(m) => match &m.running_state {
+                Err(e) => e.to_string(),
+                Ok(()) => "Raft stopped".to_string(),
+            },
+            Err(_) => "Raft stopped".to_string(),
+        }
+    }
+
     pub async fn shutdown(self) {
         let _ = self.node.raft.shutdown().await;
         self.endpoint.close(0u32.into(), b"shutting down");

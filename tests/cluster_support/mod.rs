@@ -184,13 +184,26 @@ impl Cluster {
 
     /// Like [`Cluster::start`], every node running with `--snapshot-logs N` when given.
     pub fn start_with(n: usize, snapshot_logs: Option<u64>) -> Cluster {
+        Cluster::start_prepared(n, snapshot_logs, |_| {})
+    }
+
+    /// Like [`Cluster::start_with`], with `prepare` run on node 1's (the first leader's) data
+    /// directory, created empty, before `control init` fills it: to mount a file system there.
+    pub fn start_prepared(
+        n: usize,
+        snapshot_logs: Option<u64>,
+        prepare: impl FnOnce(&Path),
+    ) -> Cluster {
         assert!(n >= 1);
         let dir = TempDir::new("portico-cluster");
+        std::fs::create_dir_all(dir.path().join("n1")).expect("create node 1's directory");
+        prepare(&dir.path().join("n1"));
         let mut last = String::new();
         let mut init = None;
         for attempt in 0..3 {
             let node_dir = dir.path().join("n1");
-            let _ = std::fs::remove_dir_all(&node_dir);
+            // Its contents only: it may be a mount point.
+            empty_dir(&node_dir);
             let raft = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
             let admin = SocketAddr::from(([127, 0, 0, 1], free_tcp_port(&[raft.port()])));
             let out = run_bounded(
@@ -447,6 +460,14 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The exit status of node `i`'s process if it ends by itself within `timeout`.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<ExitStatus> {
+        let proc = self.nodes[i].proc.as_mut().expect("the node runs");
+        let status = proc.wait_exit(timeout)?;
+        self.nodes[i].proc = None;
+        Some(status)
     }
 
     /// `kill -9`.
@@ -935,4 +956,18 @@ pub fn check_writes(cluster: &Cluster, nodes: &[usize], prefix: &str, log: &Writ
         }
     }
     held
+}
+
+fn empty_dir(dir: &Path) {
+    let Ok(items) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for item in items.flatten() {
+        let path = item.path();
+        let _ = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+    }
 }

@@ -17,7 +17,7 @@ use super::test_support::{install_crypto, node_client_endpoint, node_endpoint, w
 use super::tls::{TlsIdentity, TransportLimits, client_config, client_crypto};
 use super::{ALPN_RAFT, close_code, node_dns_name, stream_code};
 use crate::raft::store::tests::TempDir;
-use crate::raft::store::{self, StateReader};
+use crate::raft::store::{self, LogStore, StateReader};
 use crate::raft::{Member, NodeId, Raft};
 use crate::state::{Applied, Command, Proposal, Role, TokenRecord};
 
@@ -27,6 +27,7 @@ struct Node {
     id: NodeId,
     raft: Raft,
     state: StateReader,
+    log: LogStore,
     endpoint: Endpoint,
     _dir: TempDir,
 }
@@ -58,11 +59,15 @@ fn raft_config(snapshot_every: Option<u64>) -> Arc<Config> {
 
 async fn start_node(ca: &ClusterCa, id: NodeId, snapshot_every: Option<u64>) -> Node {
     let (endpoint, client) = node_endpoint(ca, id);
-    let network = QuicRaftNetwork::new(id, endpoint.clone(), client);
     let dir = TempDir::new("transport");
     let (log, sm) = store::open(dir.path()).await.unwrap();
+    // As `run::start` sets a node up: a leader acknowledges its own entries early, and sends
+    // no commit index beyond its durable log.
+    log.set_node_id(id);
+    let network =
+        QuicRaftNetwork::with_durable_log(id, endpoint.clone(), client, Some(log.durable()));
     let state = sm.reader();
-    let raft = Raft::new(id, raft_config(snapshot_every), network, log, sm)
+    let raft = Raft::new(id, raft_config(snapshot_every), network, log.clone(), sm)
         .await
         .unwrap();
     tokio::spawn(serve_raft(
@@ -74,6 +79,7 @@ async fn start_node(ca: &ClusterCa, id: NodeId, snapshot_every: Option<u64>) -> 
         id,
         raft,
         state,
+        log,
         endpoint,
         _dir: dir,
     }
@@ -188,6 +194,79 @@ async fn three_nodes_elect_a_leader_and_replicate_over_quic() {
     for node in rest {
         wait_applied(node, index).await;
         assert!(node.state.load().tokens.contains_key("tok-5"));
+    }
+}
+
+/// A leader whose disk fails after it acknowledged its own entry early must step out of the
+/// way: it can commit nothing more, and while it kept heartbeating no one else would stand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_log_write_fails_stops_and_the_others_elect_a_new_one() {
+    install_crypto();
+    let ca = ClusterCa::generate("test").unwrap();
+    let nodes = start_cluster(&ca, 3, None).await;
+    let first = write(&nodes, token(0)).await;
+    for node in &nodes {
+        wait_applied(node, first).await;
+    }
+
+    let old = leader(&nodes).await;
+    let failing = nodes.iter().find(|n| n.id == old).unwrap();
+    // The leader acknowledges its entry to itself and replicates it while its write waits;
+    // a follower's copy commits it, so the leader queues the new commit index, the last thing
+    // it writes, before the write fails. After that it has nothing left to write and would
+    // never learn of the failure from a write of its own.
+    let release = failing.log.hold_writer();
+    failing.log.fail_writes();
+    let answer = tokio::spawn({
+        let raft = failing.raft.clone();
+        async move { raft.client_write(token(1)).await }
+    });
+    let next = first + 1;
+    within(
+        WAIT,
+        failing.raft.wait(None).metrics(
+            |m| {
+                m.replication.as_ref().is_some_and(|r| {
+                    r.len() == 3
+                        && r.values()
+                            .all(|matched| matched.is_some_and(|m| m.index >= next))
+                })
+            },
+            "both followers hold the entry",
+        ),
+    )
+    .await
+    .unwrap();
+    drop(release);
+    // Never applied there: its answer is an error, not a hang.
+    let answer = within(WAIT, answer).await.unwrap();
+    assert!(answer.is_err(), "a write whose log write failed succeeded");
+
+    // No further write is needed for the others to notice: no other call reaches the failed
+    // leader, so only its stopped heartbeats can tell them.
+    let rest: Vec<&Node> = nodes.iter().filter(|n| n.id != old).collect();
+    for node in &rest {
+        within(
+            WAIT,
+            node.raft.wait(None).metrics(
+                |m| m.current_leader.is_some_and(|l| l != old),
+                "a leader other than the failed one",
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    // Not `write`: it asks nodes[0], which may be the stopped leader, where the leader is.
+    let new = rest[0].raft.metrics().borrow().current_leader.unwrap();
+    let new_leader = rest.iter().find(|n| n.id == new).unwrap();
+    let index = within(WAIT, new_leader.raft.client_write(token(2)))
+        .await
+        .unwrap()
+        .log_id
+        .index;
+    for node in &rest {
+        wait_applied(node, index).await;
+        assert!(node.state.load().tokens.contains_key("tok-2"));
     }
 }
 

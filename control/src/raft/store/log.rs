@@ -16,7 +16,12 @@
 //!   so a leader's membership entries are acknowledged only once durable.
 //!
 //! A follower's entries are acknowledged only once durable, as usual. A leader that crashes
-//! before its write lands loses only entries that nobody has applied or been told about.
+//! before its write lands loses only entries that nobody has applied or been told about. A
+//! leader whose write fails (a full or failing disk) stops writing, and the apply that waits for
+//! those entries fails rather than waiting for ever: that stops openraft on the node, which no
+//! longer heartbeats, so the others elect a leader (`run::Running::raft_stopped` then ends the
+//! process). Without it the node would go on leading, committing nothing, when its last write
+//! before the failure was the commit index that openraft had already handed over.
 //!
 //! This leans on two facts of openraft 0.9.25 (read in its source, not promised by its API): the
 //! leader's flush callback feeds only its own replication progress, and followers learn the
@@ -24,7 +29,7 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -59,29 +64,44 @@ pub struct LogStore {
     vote: Arc<Mutex<Option<Vote>>>,
 }
 
-/// What the state machine waits on before applying: the log's durable end, and how far a
-/// leader's entries were acknowledged before they were durable.
+/// What the state machine waits on before applying: the log's durable end, how far a leader's
+/// entries were acknowledged before they were durable, and whether a log write failed.
 #[derive(Clone)]
 pub struct LogDurability {
     durable: watch::Receiver<Option<LogId>>,
     early_upto: Arc<AtomicU64>,
+    failed: Arc<watch::Sender<Failure>>,
 }
 
 impl LogDurability {
-    /// Waits until the entries up to `index` that were acknowledged early are durable.
+    /// Waits until the entries up to `index` that were acknowledged early are durable. Fails
+    /// when a log write fails first: those entries then never become durable here, and an
+    /// apply that waited for them would hold this node as a leader that commits nothing
+    /// (heartbeats go on, so no other node stands for election). The failure stops openraft
+    /// on this node instead, and the others elect a leader.
     pub(super) async fn wait(&self, index: u64) -> Result<(), AnyError> {
         let need = index.min(self.early_upto.load(Ordering::Acquire));
         if need == 0 {
             return Ok(());
         }
         let mut durable = self.durable.clone();
-        durable
-            .wait_for(|d| d.is_some_and(|d| d.index >= need))
-            .await
-            .map(|_| ())
-            .map_err(|_| AnyError::error("the log writer stopped"))
+        let mut failed = self.failed.subscribe();
+        tokio::select! {
+            // Durable first: a write that failed after these entries landed does not matter here.
+            biased;
+            reached = durable.wait_for(|d| d.is_some_and(|d| d.index >= need)) => reached
+                .map(|_| ())
+                .map_err(|_| AnyError::error("the log writer stopped")),
+            failure = failed.wait_for(Option::is_some) => Err(AnyError::error(format!(
+                "writing the Raft log failed before entry {need}, acknowledged early as leader, was durable ({})",
+                failure.ok().and_then(|f| f.clone()).unwrap_or_default()
+            ))),
+        }
     }
 }
+
+/// The first failed log write's error, once there is one: nothing is written after it.
+type Failure = Option<String>;
 
 /// Work for the writer thread, done in the order sent.
 enum Job {
@@ -106,7 +126,8 @@ struct WriterHandle {
     tx: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
     queued_bytes: Arc<AtomicUsize>,
-    failed: Arc<AtomicBool>,
+    /// The first failed write's error: nothing is written after it.
+    failed: Arc<watch::Sender<Failure>>,
 }
 
 /// Closes the channel and waits for the writer thread to finish what is queued, so that once
@@ -132,10 +153,9 @@ impl Drop for WriterHandle {
 }
 
 impl WriterHandle {
-    fn start(wal: Arc<Wal>) -> Result<WriterHandle, AnyError> {
+    fn start(wal: Arc<Wal>, failed: Arc<watch::Sender<Failure>>) -> Result<WriterHandle, AnyError> {
         let (tx, rx) = mpsc::channel();
         let queued_bytes = Arc::new(AtomicUsize::new(0));
-        let failed = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn({
@@ -153,10 +173,10 @@ impl WriterHandle {
     }
 
     fn send(&self, job: Job) -> Result<(), AnyError> {
-        if self.failed.load(Ordering::Acquire) {
-            return Err(AnyError::error(
-                "an earlier log write failed; this node stops writing",
-            ));
+        if let Some(reason) = &*self.failed.borrow() {
+            return Err(AnyError::error(format!(
+                "an earlier log write failed ({reason}); this node stops writing"
+            )));
         }
         self.tx
             .as_ref()
@@ -183,7 +203,7 @@ fn run_writer(
     wal: &Wal,
     rx: &mpsc::Receiver<Job>,
     queued_bytes: &AtomicUsize,
-    failed: &AtomicBool,
+    failed: &watch::Sender<Failure>,
 ) {
     #[derive(Default)]
     struct Group {
@@ -194,15 +214,17 @@ fn run_writer(
     }
     let flush = |group: &mut Group| {
         let group = std::mem::take(group);
-        let result = if failed.load(Ordering::Acquire) {
-            Err(AnyError::error("an earlier log write failed"))
+        let result = if let Some(reason) = &*failed.borrow() {
+            Err(AnyError::error(format!(
+                "an earlier log write failed ({reason})"
+            )))
         } else {
             wal.append_with(group.committed, &group.entries)
         };
         queued_bytes.fetch_sub(group.bytes, Ordering::AcqRel);
         if let Err(e) = &result {
             // Entries may have been acknowledged before this write: nothing may go on.
-            failed.store(true, Ordering::Release);
+            failed.send_replace(Some(e.to_string()));
             tracing::error!(error = %e, "writing the Raft log failed; this node stops writing");
         }
         for callback in group.callbacks {
@@ -231,8 +253,10 @@ fn run_writer(
                 Job::Committed(c) => group.committed = Some(c),
                 Job::Run(f, reply) => {
                     flush(&mut group);
-                    let result = if failed.load(Ordering::Acquire) {
-                        Err(AnyError::error("an earlier log write failed"))
+                    let result = if let Some(reason) = &*failed.borrow() {
+                        Err(AnyError::error(format!(
+                            "an earlier log write failed ({reason})"
+                        )))
                     } else {
                         f()
                     };
@@ -252,16 +276,18 @@ fn run_writer(
 impl LogStore {
     pub(super) fn new(db: Arc<Database>, wal: Wal) -> Result<LogStore, AnyError> {
         let wal = Arc::new(wal);
+        let failed = Arc::new(watch::Sender::new(None));
         let writer = if INLINE.with(std::cell::Cell::get) {
             None
         } else {
-            Some(Arc::new(WriterHandle::start(wal.clone())?))
+            Some(Arc::new(WriterHandle::start(wal.clone(), failed.clone())?))
         };
         Ok(LogStore {
             db,
             durability: LogDurability {
                 durable: wal.durable(),
                 early_upto: Arc::new(AtomicU64::new(0)),
+                failed,
             },
             wal,
             writer,
@@ -309,7 +335,7 @@ impl LogStore {
     /// Blocks the writer thread (after what is queued) until the returned sender is used or
     /// dropped, so that tests can look at entries between their append and their write.
     #[cfg(test)]
-    pub(super) fn hold_writer(&self) -> std::sync::mpsc::Sender<()> {
+    pub(crate) fn hold_writer(&self) -> std::sync::mpsc::Sender<()> {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let (reply, _) = oneshot::channel();
         if let Some(w) = &self.writer {
@@ -322,6 +348,12 @@ impl LogStore {
             ));
         }
         tx
+    }
+
+    /// Makes every log write from now on fail, as a failing disk would.
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&self) {
+        self.wal.fail_writes();
     }
 
     /// Runs a write on the writer thread after everything queued, or inline.

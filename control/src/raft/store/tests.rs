@@ -900,3 +900,44 @@ async fn a_leaders_entries_are_acknowledged_before_they_are_durable_but_not_appl
     expected.extend([change, last]);
     assert_eq!(log.try_get_log_entries(..).await.unwrap(), expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_fails_the_apply_that_waited_for_entries_acknowledged_early() {
+    let dir = TempDir::new("early-fail");
+    let entries = sample_log();
+    let (mut log, mut sm) = open(dir.path()).await.unwrap();
+    log.set_node_id(1);
+    log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+    let within = std::time::Duration::from_secs(10);
+    log.blocking_append(entries[..3].to_vec()).await.unwrap();
+
+    let release = log.hold_writer();
+    log.fail_writes();
+    tokio::time::timeout(within, log.blocking_append(entries[3..5].to_vec()))
+        .await
+        .expect("a leader's own entries are acknowledged before they are written")
+        .unwrap();
+    let durability = log.durability();
+    let apply = tokio::spawn(async move { sm.apply(entries[..5].to_vec()).await });
+    assert!(still_running(&apply).await, "applied before it was durable");
+
+    drop(release);
+    let applied = tokio::time::timeout(within, apply)
+        .await
+        .expect("the apply still waits for entries whose write failed")
+        .unwrap();
+    let e = applied.expect_err("applied entries that were never durable");
+    assert!(e.to_string().contains("writing the Raft log failed"), "{e}");
+    // Entries that were durable before the failure still count as such.
+    assert!(ready_now(durability.wait(2)));
+    let late = tokio::time::timeout(within, durability.wait(4))
+        .await
+        .unwrap();
+    assert!(
+        late.is_err(),
+        "an entry whose write failed counted as durable"
+    );
+    // Nothing is written after a failure.
+    let again = log.blocking_append(vec![normal(2, 5, put("z"))]).await;
+    assert!(again.is_err(), "appended after a failed write");
+}

@@ -99,6 +99,9 @@ pub(super) struct Wal {
     index: Mutex<Index>,
     /// The last entry known to be on disk (written and fsynced), with everything before it.
     durable: watch::Sender<Option<LogId>>,
+    /// Tests set it to make every later write fail, as a failing disk would.
+    #[cfg(test)]
+    fail_writes: std::sync::atomic::AtomicBool,
 }
 
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
@@ -322,6 +325,8 @@ impl Wal {
             writer: Mutex::new(writer),
             index: Mutex::new(index),
             durable: watch::Sender::new(durable.or(last_purged)),
+            #[cfg(test)]
+            fail_writes: Default::default(),
         })
     }
 
@@ -528,6 +533,10 @@ impl Wal {
     /// Writes `buf` at the end of the active segment (a new one if it does not fit), and
     /// `fdatasync`s it if `durable`. Returns the segment and the offset written at.
     fn write(&self, buf: &[u8], durable: bool) -> Result<(u64, u64), AnyError> {
+        #[cfg(test)]
+        if self.fail_writes.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(AnyError::error("the test made this log's writes fail"));
+        }
         let mut w = lock(&self.writer);
         if w.at + buf.len() as u64 > w.capacity {
             // Everything in the old segment is durable before the new one gets a record, so
@@ -571,6 +580,15 @@ impl Wal {
                 .ctx(format!("syncing log segment {}", w.seq))?;
         }
         Ok((w.seq, at))
+    }
+}
+
+impl Wal {
+    /// Makes every write from now on fail, as a failing disk would.
+    #[cfg(test)]
+    pub(super) fn fail_writes(&self) {
+        self.fail_writes
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 }
 
