@@ -37,17 +37,15 @@ REQ_PATH=/b/hello
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PATH="$PATH:/usr/sbin:/sbin"
-log() { printf '%s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$REPO_ROOT/bench/lib.sh"
 
 for tool in nginx h2load valgrind callgrind_control curl; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool not found (apt-get install nginx nghttp2-client valgrind curl)"
 done
 
-if [ -z "${PORTICO_BIN:-}" ] && [[ " $TARGETS " == *" portico "* ]]; then
-  log "building Portico: cargo build --profile dist --bin portico"
-  (cd "$REPO_ROOT" && cargo build --profile dist --bin portico >&2)
-  PORTICO_BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/dist/portico"
+if [[ " $TARGETS " == *" portico "* ]]; then
+  portico_bin
 fi
 
 TMP=$(mktemp -d /tmp/portico-callgrind.XXXXXX)

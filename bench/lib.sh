@@ -1,5 +1,5 @@
-# Sourced by bench/raft.sh and bench/propagation.sh: the helpers both write-path benchmarks
-# use. The caller sets REPO_ROOT before sourcing it (and WORK before calling warn_if_tmpfs).
+# Sourced by the benchmark scripts (proxy.sh, callgrind.sh, raft.sh, propagation.sh): the
+# helpers they share. The caller sets REPO_ROOT before sourcing it (and WORK before calling warn_if_tmpfs).
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

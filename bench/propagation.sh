@@ -24,8 +24,8 @@
 #
 # Also reported per phase: CPU of the control nodes and of all edges per write (schedstat; it
 # includes the warm-up writes), how much CPU anything else on the machine used meanwhile
-# (other_pct, of all CPUs), steal, whether a rustc or cargo process was seen (a sampler every
-# 0.5 s), and the three other processes that used the most CPU (from /proc/PID/stat; processes
+# (other_pct, of all CPUs), steal, whether a rustc or cargo process ran when the phase started
+# or ended, and the three other processes that used the most CPU (from /proc/PID/stat; processes
 # that ended during the phase are not seen): on a shared machine, trust phases with little of
 # any of these.
 #
@@ -100,11 +100,9 @@ fi
 BASE_TMP=${BENCH_TMPDIR:-/var/tmp}
 WORK=$(mktemp -d "$BASE_TMP/portico-propagation-bench.XXXXXX")
 PIDS=()
-WATCH_PID=
 LOAD_PID=
 cleanup() {
   set +e  # stop and remove everything, whatever fails
-  if [ -n "$WATCH_PID" ]; then kill "$WATCH_PID" 2>/dev/null || true; fi
   if [ -n "$LOAD_PID" ]; then
     # `timeout`, the load generator under it, and the edge the load generator may have started
     # (cold start), by PID.
@@ -275,23 +273,24 @@ PY
 # ---------------------------------------------------------------------------------------
 # Measurement helpers (cpu_ns and cpu_jiffies are in bench/lib.sh)
 # ---------------------------------------------------------------------------------------
-watch_begin() { # a sampler: was a rustc or cargo process seen?
-  rm -f "$WORK/rustc.seen" "$WORK/cargo.seen"
-  ( while :; do
-      if pgrep -x rustc >/dev/null 2>&1; then : >"$WORK/rustc.seen"; fi
-      if pgrep -x cargo >/dev/null 2>&1; then : >"$WORK/cargo.seen"; fi
-      sleep 0.5
-    done ) &
-  WATCH_PID=$!
-}
-watch_end() { # -> "rustc=y|n cargo=y|n"
-  kill "$WATCH_PID" 2>/dev/null || true
-  wait "$WATCH_PID" 2>/dev/null || true
-  WATCH_PID=
+# Whether a compiler ran, checked when a phase starts and when it ends only: a sampler during
+# the phase (pgrep every 0.5 s, as this script had) scans /proc on a core the phase uses, and in
+# bench/proxy.sh it turned out to be the largest disturbance of the latency it measured.
+# other_pct and the busiest other processes still name whatever else ran meanwhile.
+compilers_running() { # -> "R C", each y or n: rustc, cargo
   local r=n c=n
-  if [ -e "$WORK/rustc.seen" ]; then r=y; fi
-  if [ -e "$WORK/cargo.seen" ]; then c=y; fi
-  echo "rustc=$r cargo=$c"
+  if pgrep -x rustc >/dev/null 2>&1; then r=y; fi
+  if pgrep -x cargo >/dev/null 2>&1; then c=y; fi
+  echo "$r $c"
+}
+watch_begin() { COMPILERS_AT_START=$(compilers_running); }
+watch_end() { # -> "rustc=y|n cargo=y|n", y if running at the start or now
+  local r0 c0 r1 c1
+  read -r r0 c0 <<<"$COMPILERS_AT_START"
+  read -r r1 c1 <<<"$(compilers_running)"
+  [ "$r0" = y ] || r0=$r1
+  [ "$c0" = y ] || c0=$c1
+  echo "rustc=$r0 cargo=$c0"
 }
 
 # CPU ticks of every process, to name what else ran during a phase: snapshot FILE, then

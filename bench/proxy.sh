@@ -40,9 +40,8 @@ PORTICO_HOST=bench.portico.localhost
 REQ_PATH=/b/hello
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-
-log() { printf '%s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$REPO_ROOT/bench/lib.sh"
 
 # ---------------------------------------------------------------------------------------
 # Tools
@@ -134,14 +133,7 @@ nginx_pids() { # master -> master + workers
 # ---------------------------------------------------------------------------------------
 # Measurement helpers
 # ---------------------------------------------------------------------------------------
-# Sum of the first schedstat field (ns on CPU) over every thread of every given process.
-sched_ns() {
-  local p files=()
-  for p in "$@"; do
-    files+=(/proc/"$p"/task/*/schedstat)
-  done
-  cat "${files[@]}" 2>/dev/null | awk '{s+=$1} END {printf "%.0f\n", s}'
-}
+# CPU of processes: cpu_ns (bench/lib.sh) sums schedstat over their threads.
 
 # /proc/stat, all CPUs, in jiffies: "total:steal:softirq:busy" (busy = user+nice+system+irq+softirq)
 procstat() {
@@ -224,16 +216,16 @@ run_sat() { # target round
   pxp=$(proxy_pids "$t" | tr '\n' ' ')
   local c1
   rustc_watch_begin
-  be0=$(sched_ns $(nginx_pids "$BACKEND_MASTER"))
-  px0=0; [ -n "$pxp" ] && px0=$(sched_ns $pxp)
+  be0=$(cpu_ns $(nginx_pids "$BACKEND_MASTER"))
+  px0=0; [ -n "$pxp" ] && px0=$(cpu_ns $pxp)
   st0=$(procstat)
   times >"$TMP/times0"
   out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency \
         ${host:+-H "Host: $host"} "$url" 2>&1) || true
   times >"$TMP/times1"
   st1=$(procstat)
-  be1=$(sched_ns $(nginx_pids "$BACKEND_MASTER"))
-  px1=0; [ -n "$pxp" ] && px1=$(sched_ns $pxp)
+  be1=$(cpu_ns $(nginx_pids "$BACKEND_MASTER"))
+  px1=0; [ -n "$pxp" ] && px1=$(cpu_ns $pxp)
   c1=$(rustc_watch_end)
   if [ "$c1" = y ]; then RUSTC[$t,$r]=y; COMPILE_RUNS=$((COMPILE_RUNS + 1)); else RUSTC[$t,$r]=n; fi
 
@@ -287,14 +279,11 @@ if [ "$SKIP_PORTICO" != 1 ]; then
     PORTICO_REV="$PORTICO_REV + uncommitted changes"
   fi
   if [ -z "${PORTICO_BIN:-}" ]; then
-    log "building Portico: cargo build --profile dist (in $REPO_ROOT)"
-    (cd "$REPO_ROOT" && cargo build --profile dist >&2)
-    PORTICO_BIN="$REPO_ROOT/target/dist/portico"
     PORTICO_REV="built from $PORTICO_REV"
   else
     PORTICO_REV="prebuilt PORTICO_BIN; repo is at $PORTICO_REV"
   fi
-  [ -x "$PORTICO_BIN" ] || die "Portico binary not found: $PORTICO_BIN"
+  portico_bin
 fi
 
 build_fixed_rate
@@ -421,8 +410,8 @@ else
       pin_for "$t"; host=$(target_host "$t"); url=$(target_url "$t")
       pxp=$(proxy_pids "$t" | tr '\n' ' ')
       rustc_watch_begin
-      be0=$(sched_ns $(nginx_pids "$BACKEND_MASTER"))
-      px0=0; [ -n "$pxp" ] && px0=$(sched_ns $pxp)
+      be0=$(cpu_ns $(nginx_pids "$BACKEND_MASTER"))
+      px0=0; [ -n "$pxp" ] && px0=$(cpu_ns $pxp)
       st0=$(procstat)
       times >"$TMP/times0"
       # ADDR HOST PATH RATE SECONDS CONNECTIONS -> "p50_us p99_us req/s bad requests"
@@ -437,8 +426,8 @@ else
       fi
       times >"$TMP/times1"
       st1=$(procstat)
-      be1=$(sched_ns $(nginx_pids "$BACKEND_MASTER"))
-      px1=0; [ -n "$pxp" ] && px1=$(sched_ns $pxp)
+      be1=$(cpu_ns $(nginx_pids "$BACKEND_MASTER"))
+      px1=0; [ -n "$pxp" ] && px1=$(cpu_ns $pxp)
       lg_ns=$(( $(times_ns "$TMP/times1") - $(times_ns "$TMP/times0") ))
       shares=$(cpu_shares "$st0" "$st1" $(( lg_ns + (be1 - be0) + (px1 - px0) )))
       lpx=-
