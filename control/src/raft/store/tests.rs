@@ -819,13 +819,20 @@ async fn still_running<T>(task: &tokio::task::JoinHandle<T>) -> bool {
     !task.is_finished()
 }
 
+/// Opens the store as node 1, the established leader of term 2: its own normal entries are
+/// then acknowledged before they are durable.
+async fn open_as_leader(dir: &Path) -> (LogStore, StateMachineStore) {
+    let (mut log, sm) = open(dir).await.unwrap();
+    log.set_node_id(1);
+    log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+    (log, sm)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaders_entries_are_acknowledged_before_they_are_durable_but_not_applied() {
     let dir = TempDir::new("early");
     let entries = sample_log();
-    let (mut log, mut sm) = open(dir.path()).await.unwrap();
-    log.set_node_id(1);
-    log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+    let (mut log, mut sm) = open_as_leader(dir.path()).await;
     let durable = log.durable();
     let within = std::time::Duration::from_secs(10);
     log.blocking_append(entries[..3].to_vec()).await.unwrap();
@@ -905,9 +912,7 @@ async fn a_leaders_entries_are_acknowledged_before_they_are_durable_but_not_appl
 async fn a_failed_write_fails_the_apply_that_waited_for_entries_acknowledged_early() {
     let dir = TempDir::new("early-fail");
     let entries = sample_log();
-    let (mut log, mut sm) = open(dir.path()).await.unwrap();
-    log.set_node_id(1);
-    log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+    let (mut log, mut sm) = open_as_leader(dir.path()).await;
     let within = std::time::Duration::from_secs(10);
     log.blocking_append(entries[..3].to_vec()).await.unwrap();
 
