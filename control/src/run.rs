@@ -283,13 +283,12 @@ pub async fn start_with_endpoint(
         .await
         .map_err(NodeError::from)?;
     let reader = state_machine.reader();
-    log.set_node_id(config.id);
-    let durable = log.durable();
+    let durable = log.acknowledge_early(config.id);
     let network = QuicRaftNetwork::with_durable_log(
         config.id,
         endpoint.clone(),
         client_config,
-        Some(durable.clone()),
+        durable.clone(),
     );
     let held_back = network.clone();
     let raft_config = raft_config(&config.cluster_name, config.snapshot_logs)
@@ -311,7 +310,7 @@ pub async fn start_with_endpoint(
         let raft = raft.clone();
         let mut durable = durable;
         async move {
-            while durable.changed().await.is_ok() {
+            while durable.changed().await {
                 if held_back.take_held_back() && raft.trigger().heartbeat().await.is_err() {
                     break;
                 }

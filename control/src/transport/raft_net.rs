@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use super::ca::node_dns_name;
 use super::frame::{FrameError, encode_frame, read_frame};
 use super::raft_server::{MAX_RAFT_REQUEST, MAX_RAFT_RESPONSE, RaftRequest, RaftResponse};
+use crate::raft::store::DurableLog;
 use crate::raft::{LogId, Member, NodeId, TypeConfig};
 
 /// How long resolving a peer's address may take.
@@ -124,7 +125,7 @@ struct Shared {
     node_id: NodeId,
     /// This node's last durable log entry, when its log acknowledges a leader's entries before
     /// they are durable (`raft::store::log`): the commit index sent is never beyond it.
-    durable: Option<watch::Receiver<Option<LogId>>>,
+    durable: Option<DurableLog>,
     /// A commit index was held back since [`QuicRaftNetwork::take_held_back`] was last called.
     held_back: AtomicBool,
     endpoint: Endpoint,
@@ -142,15 +143,25 @@ impl QuicRaftNetwork {
     /// `node_id` is this node's id (reported in timeouts); `client_config` must offer
     /// [`super::ALPN_RAFT`] and present this node's certificate.
     pub fn new(node_id: NodeId, endpoint: Endpoint, client_config: quinn::ClientConfig) -> Self {
-        Self::with_durable_log(node_id, endpoint, client_config, None)
+        Self::build(node_id, endpoint, client_config, None)
     }
 
-    /// Like [`Self::new`], for a node whose log reports its durable end through `durable`.
+    /// Like [`Self::new`], for a node whose log acknowledges its own entries early as leader:
+    /// no commit index sent goes beyond `durable`.
     pub fn with_durable_log(
         node_id: NodeId,
         endpoint: Endpoint,
         client_config: quinn::ClientConfig,
-        durable: Option<watch::Receiver<Option<LogId>>>,
+        durable: DurableLog,
+    ) -> Self {
+        Self::build(node_id, endpoint, client_config, Some(durable))
+    }
+
+    fn build(
+        node_id: NodeId,
+        endpoint: Endpoint,
+        client_config: quinn::ClientConfig,
+        durable: Option<DurableLog>,
     ) -> Self {
         QuicRaftNetwork {
             shared: Arc::new(Shared {
@@ -414,7 +425,7 @@ impl RaftNetwork<TypeConfig> for QuicRaftClient {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
         if let Some(durable) = &self.shared.durable
-            && hold_back_commit(&mut rpc.leader_commit, *durable.borrow())
+            && hold_back_commit(&mut rpc.leader_commit, durable.last())
         {
             self.shared.held_back.store(true, Ordering::Release);
         }

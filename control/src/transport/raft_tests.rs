@@ -63,9 +63,8 @@ async fn start_node(ca: &ClusterCa, id: NodeId, snapshot_every: Option<u64>) -> 
     let (log, sm) = store::open(dir.path()).await.unwrap();
     // As `run::start` sets a node up: a leader acknowledges its own entries early, and sends
     // no commit index beyond its durable log.
-    log.set_node_id(id);
-    let network =
-        QuicRaftNetwork::with_durable_log(id, endpoint.clone(), client, Some(log.durable()));
+    let durable = log.acknowledge_early(id);
+    let network = QuicRaftNetwork::with_durable_log(id, endpoint.clone(), client, durable);
     let state = sm.reader();
     let raft = Raft::new(id, raft_config(snapshot_every), network, log.clone(), sm)
         .await

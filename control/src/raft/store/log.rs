@@ -64,6 +64,24 @@ pub struct LogStore {
     vote: Arc<Mutex<Option<Vote>>>,
 }
 
+/// The end of a log that acknowledges its leader's own entries early
+/// ([`LogStore::acknowledge_early`]): the last entry durable on this node, watched. A leader
+/// sends no commit index beyond it.
+#[derive(Clone)]
+pub struct DurableLog(watch::Receiver<Option<LogId>>);
+
+impl DurableLog {
+    /// The last durable entry, with everything before it.
+    pub fn last(&self) -> Option<LogId> {
+        *self.0.borrow()
+    }
+
+    /// Waits until more is durable; `false` once the log is closed.
+    pub async fn changed(&mut self) -> bool {
+        self.0.changed().await.is_ok()
+    }
+}
+
 /// What the state machine waits on before applying: the log's durable end, how far a leader's
 /// entries were acknowledged before they were durable, and whether a log write failed.
 #[derive(Clone)]
@@ -296,14 +314,14 @@ impl LogStore {
         })
     }
 
-    /// Tells the store which node it belongs to, so that it knows when it appends as leader.
-    pub fn set_node_id(&self, id: NodeId) {
+    /// Tells the store that it is node `id`'s, so that while `id` leads, its own entries are
+    /// acknowledged before they are durable (see the module docs). That is safe only if no
+    /// follower hears of a commit beyond the leader's durable log: the returned [`DurableLog`]
+    /// is for the network that clamps it (`QuicRaftNetwork::with_durable_log`).
+    #[must_use = "without the DurableLog in the network, followers may apply entries the leader can still lose"]
+    pub fn acknowledge_early(&self, id: NodeId) -> DurableLog {
         self.node_id.store(id, Ordering::Release);
-    }
-
-    /// The last durable log entry, watched: a leader sends no commit index beyond it.
-    pub fn durable(&self) -> watch::Receiver<Option<LogId>> {
-        self.durability.durable.clone()
+        DurableLog(self.durability.durable.clone())
     }
 
     pub(super) fn durability(&self) -> LogDurability {

@@ -47,7 +47,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use log::{LogDurability, LogStore};
+pub use log::{DurableLog, LogDurability, LogStore};
 pub use state_machine::{SnapshotBuilder, StateMachineStore, StateReader, StoreClosed};
 
 use super::{Entry, LogId, StoredMembership, Vote};

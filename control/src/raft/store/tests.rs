@@ -19,8 +19,9 @@ use portico_proto::{
 use redb::{Database, ReadableTable};
 
 use super::{
-    FILE_NAME, FORMAT_VERSION, FORMAT_VERSION_LOG_IN_REDB, FORMAT_VERSION_PERSISTED_STATE, LOG,
-    LogStore, META, SM, StateMachineStore, StoreError, WAL_DIR,
+    DurableLog, FILE_NAME, FORMAT_VERSION, FORMAT_VERSION_LOG_IN_REDB,
+    FORMAT_VERSION_PERSISTED_STATE, LOG, LogStore, META, SM, StateMachineStore, StoreError,
+    WAL_DIR,
 };
 use super::{encode, encode_entry, encode_image, key, open, wal};
 use crate::raft::{Entry, LogId, Member, SnapshotMeta, StorageError, StoredMembership, Vote};
@@ -821,22 +822,21 @@ async fn still_running<T>(task: &tokio::task::JoinHandle<T>) -> bool {
 
 /// Opens the store as node 1, the established leader of term 2: its own normal entries are
 /// then acknowledged before they are durable.
-async fn open_as_leader(dir: &Path) -> (LogStore, StateMachineStore) {
+async fn open_as_leader(dir: &Path) -> (LogStore, StateMachineStore, DurableLog) {
     let (mut log, sm) = open(dir).await.unwrap();
-    log.set_node_id(1);
+    let durable = log.acknowledge_early(1);
     log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
-    (log, sm)
+    (log, sm, durable)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaders_entries_are_acknowledged_before_they_are_durable_but_not_applied() {
     let dir = TempDir::new("early");
     let entries = sample_log();
-    let (mut log, mut sm) = open_as_leader(dir.path()).await;
-    let durable = log.durable();
+    let (mut log, mut sm, durable) = open_as_leader(dir.path()).await;
     let within = std::time::Duration::from_secs(10);
     log.blocking_append(entries[..3].to_vec()).await.unwrap();
-    assert_eq!(durable.borrow().map(|d| d.index), Some(2));
+    assert_eq!(durable.last().map(|d| d.index), Some(2));
 
     // With the writer held, the leader's own normal entries are acknowledged and readable at
     // once, but they are not durable, and they cannot be applied.
@@ -846,7 +846,7 @@ async fn a_leaders_entries_are_acknowledged_before_they_are_durable_but_not_appl
         .expect("a leader's own entries are acknowledged before they are written")
         .unwrap();
     assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries[..5]);
-    assert_eq!(durable.borrow().map(|d| d.index), Some(2));
+    assert_eq!(durable.last().map(|d| d.index), Some(2));
     // What the state machine waits on before applying: ready for the durable entries, not for
     // the ones acknowledged early (deterministic, unlike the timed check below).
     let durability = log.durability();
@@ -884,7 +884,7 @@ async fn a_leaders_entries_are_acknowledged_before_they_are_durable_but_not_appl
     assert_eq!(applied, done([0, 1, 2, 3, 4]));
     assert!(ready_now(durability.wait(4)), "durable once written");
     tokio::time::timeout(within, append).await.unwrap().unwrap();
-    assert_eq!(durable.borrow().map(|d| d.index), Some(5));
+    assert_eq!(durable.last().map(|d| d.index), Some(5));
 
     // A follower's entries are acknowledged only once durable.
     log.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
@@ -912,7 +912,7 @@ async fn a_leaders_entries_are_acknowledged_before_they_are_durable_but_not_appl
 async fn a_failed_write_fails_the_apply_that_waited_for_entries_acknowledged_early() {
     let dir = TempDir::new("early-fail");
     let entries = sample_log();
-    let (mut log, mut sm) = open_as_leader(dir.path()).await;
+    let (mut log, mut sm, _durable) = open_as_leader(dir.path()).await;
     let within = std::time::Duration::from_secs(10);
     log.blocking_append(entries[..3].to_vec()).await.unwrap();
 
