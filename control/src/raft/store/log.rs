@@ -32,12 +32,11 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, EntryPayload, OptionalSend, StorageIOError};
 use redb::{Database, Durability, ReadableDatabase};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
 use super::wal::Wal;
 use super::{Ctx, INLINE, LogSummary, META, blocking, encode, encode_entry, key, lock, read_meta};
@@ -143,7 +142,7 @@ struct WriterHandle {
     /// `None` only once dropped: dropping it closes the channel, which ends the thread.
     tx: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    queued_bytes: Arc<AtomicUsize>,
+    backlog: Arc<Backlog>,
     /// The first failed write's error: nothing is written after it.
     failed: Arc<watch::Sender<Failure>>,
 }
@@ -173,19 +172,19 @@ impl Drop for WriterHandle {
 impl WriterHandle {
     fn start(wal: Arc<Wal>, failed: Arc<watch::Sender<Failure>>) -> Result<WriterHandle, AnyError> {
         let (tx, rx) = mpsc::channel();
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let backlog = Arc::new(Backlog::default());
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn({
-                let queued_bytes = queued_bytes.clone();
+                let backlog = backlog.clone();
                 let failed = failed.clone();
-                move || run_writer(&wal, &rx, &queued_bytes, &failed)
+                move || run_writer(&wal, &rx, &backlog, &failed)
             })
             .ctx("starting the log writer thread")?;
         Ok(WriterHandle {
             tx: Some(tx),
             thread: Some(thread),
-            queued_bytes,
+            backlog,
             failed,
         })
     }
@@ -215,12 +214,43 @@ impl WriterHandle {
     }
 }
 
+/// Bytes of entries queued for the writer thread and not yet written.
+#[derive(Default)]
+struct Backlog {
+    bytes: AtomicUsize,
+    /// Woken whenever bytes leave the queue.
+    drained: Notify,
+}
+
+impl Backlog {
+    fn add(&self, bytes: usize) {
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    fn remove(&self, bytes: usize) {
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.drained.notify_waiters();
+    }
+
+    /// Waits until at most `max` bytes are queued.
+    async fn wait_below(&self, max: usize) {
+        loop {
+            // Registered before the check, so a drain between the two is not missed.
+            let drained = self.drained.notified();
+            if self.bytes.load(Ordering::Acquire) <= max {
+                return;
+            }
+            drained.await;
+        }
+    }
+}
+
 /// The writer thread: takes every job queued, writes consecutive appends (and the latest commit
 /// pointer) with one write and one fsync, and runs other jobs in between, in order.
 fn run_writer(
     wal: &Wal,
     rx: &mpsc::Receiver<Job>,
-    queued_bytes: &AtomicUsize,
+    backlog: &Backlog,
     failed: &watch::Sender<Failure>,
 ) {
     #[derive(Default)]
@@ -239,7 +269,7 @@ fn run_writer(
         } else {
             wal.append_with(group.committed, &group.entries)
         };
-        queued_bytes.fetch_sub(group.bytes, Ordering::AcqRel);
+        backlog.remove(group.bytes);
         if let Err(e) = &result {
             // Entries may have been acknowledged before this write: nothing may go on.
             failed.send_replace(Some(e.to_string()));
@@ -556,9 +586,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             );
             return result.map_err(|e| io(StorageIOError::write_logs(e)));
         };
-        while writer.queued_bytes.load(Ordering::Acquire) > MAX_QUEUED_BYTES {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        writer.backlog.wait_below(MAX_QUEUED_BYTES).await;
         let first = entries[0].log_id.index;
         // Membership entries change who forms a majority from the moment they are appended, so
         // a leader counts its own copy of one only once it is durable.
@@ -578,14 +606,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         } else {
             Some(callback)
         };
-        writer.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        writer.backlog.add(bytes);
         let sent = writer.send(Job::Append {
             entries: encoded,
             bytes,
             callback,
         });
         if let Err(e) = sent {
-            writer.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            writer.backlog.remove(bytes);
             self.wal.drop_pending(first);
             return Err(io(StorageIOError::write_logs(e)));
         }
@@ -623,5 +651,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
         .map_err(|e| io(StorageIOError::write_logs(e)))
+    }
+}
+
+#[cfg(test)]
+mod backlog_tests {
+    use super::Backlog;
+
+    #[tokio::test]
+    async fn an_append_over_the_limit_waits_until_the_writer_drains_below_it() {
+        let backlog = std::sync::Arc::new(Backlog::default());
+        backlog.add(100);
+        let waiting = tokio::spawn({
+            let backlog = backlog.clone();
+            async move { backlog.wait_below(50).await }
+        });
+        tokio::task::yield_now().await;
+        backlog.remove(40);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "went on with 60 bytes queued");
+        backlog.remove(10);
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("still waiting with 50 bytes queued")
+            .unwrap();
+        backlog.wait_below(50).await;
     }
 }
