@@ -1,5 +1,6 @@
 # Sourced by the benchmark scripts (proxy.sh, callgrind.sh, raft.sh, propagation.sh): the
-# helpers they share. The caller sets REPO_ROOT before sourcing it (and WORK before calling warn_if_tmpfs).
+# helpers they share. The caller sets REPO_ROOT before sourcing it (and WORK before calling
+# warn_if_tmpfs).
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -20,6 +21,13 @@ portico_bin() {
   target_dir=${CARGO_TARGET_DIR:-target}
   case $target_dir in /*) ;; *) target_dir="$REPO_ROOT/$target_dir" ;; esac
   PORTICO_BIN="$target_dir/dist/portico"
+}
+
+# y if a process named $1 (rustc, cargo) is running, else n. The scripts ask when a run starts
+# and when it ends, never during one: a pgrep every 0.5 s scans /proc on a core the run uses,
+# and in proxy.sh it was the largest disturbance of the latency it measured.
+is_running() {
+  if pgrep -x "$1" >/dev/null 2>&1; then echo y; else echo n; fi
 }
 
 stop_pids() { # PID...: SIGTERM, up to 10 s, then SIGKILL

@@ -273,24 +273,17 @@ PY
 # ---------------------------------------------------------------------------------------
 # Measurement helpers (cpu_ns and cpu_jiffies are in bench/lib.sh)
 # ---------------------------------------------------------------------------------------
-# Whether a compiler ran, checked when a phase starts and when it ends only: a sampler during
-# the phase (pgrep every 0.5 s, as this script had) scans /proc on a core the phase uses, and in
-# bench/proxy.sh it turned out to be the largest disturbance of the latency it measured.
-# other_pct and the busiest other processes still name whatever else ran meanwhile.
-compilers_running() { # -> "R C", each y or n: rustc, cargo
-  local r=n c=n
-  if pgrep -x rustc >/dev/null 2>&1; then r=y; fi
-  if pgrep -x cargo >/dev/null 2>&1; then c=y; fi
-  echo "$r $c"
+# Whether a compiler ran, checked when a phase starts and when it ends only (is_running in
+# bench/lib.sh says why); other_pct and the busiest other processes name whatever else ran.
+watch_begin() {
+  RUSTC_AT_START=$(is_running rustc)
+  CARGO_AT_START=$(is_running cargo)
 }
-watch_begin() { COMPILERS_AT_START=$(compilers_running); }
 watch_end() { # -> "rustc=y|n cargo=y|n", y if running at the start or now
-  local r0 c0 r1 c1
-  read -r r0 c0 <<<"$COMPILERS_AT_START"
-  read -r r1 c1 <<<"$(compilers_running)"
-  [ "$r0" = y ] || r0=$r1
-  [ "$c0" = y ] || c0=$c1
-  echo "rustc=$r0 cargo=$c0"
+  local r=$RUSTC_AT_START c=$CARGO_AT_START
+  [ "$r" = y ] || r=$(is_running rustc)
+  [ "$c" = y ] || c=$(is_running cargo)
+  echo "rustc=$r cargo=$c"
 }
 
 # CPU ticks of every process, to name what else ran during a phase: snapshot FILE, then

@@ -200,12 +200,9 @@ pin_for() {
 # is itself the disturbance: it added about 1.5 ms to both proxies' fixed-rate p99 (0.9 ms
 # without it). Whatever else runs during a run, a compiler included, shows in other%.
 COMPILE_RUNS=0
-rustc_watch_begin() {
-  RUSTC_AT_START=n
-  if pgrep rustc >/dev/null 2>&1; then RUSTC_AT_START=y; fi
-}
+rustc_watch_begin() { RUSTC_AT_START=$(is_running rustc); }
 rustc_watch_end() { # -> echoes y or n
-  if [ "$RUSTC_AT_START" = y ] || pgrep rustc >/dev/null 2>&1; then echo y; else echo n; fi
+  if [ "$RUSTC_AT_START" = y ]; then echo y; else is_running rustc; fi
 }
 
 declare -A RPS P50 P99 PX_US BE_US BAD STEAL RUSTC

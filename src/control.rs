@@ -164,13 +164,21 @@ pub fn run(command: ControlCommand) -> Result<()> {
 /// Serves until SIGTERM or SIGINT, or until Raft stops on this node by itself; then the
 /// process exits with an error, for its supervisor to restart it.
 async fn run_until_stopped(running: run::Running) -> Result<()> {
-    tokio::select! {
-        signalled = wait_for_shutdown(None) => signalled?,
-        reason = running.raft_stopped() => {
-            running.shutdown().await;
-            anyhow::bail!("Raft stopped on this node: {reason}; restart it once the cause is fixed (its log is replayed from disk)");
-        }
-    }
+    let raft_stopped = wait_for_shutdown_or_raft_stop(&running).await?;
     running.shutdown().await;
-    Ok(())
+    match raft_stopped {
+        Some(reason) => anyhow::bail!(
+            "Raft stopped on this node: {reason}; restart it once the cause is fixed (its log is replayed from disk)"
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Waits for SIGTERM or SIGINT (`None`), or for Raft to stop on this control node by itself
+/// (`Some(reason)`).
+pub async fn wait_for_shutdown_or_raft_stop(control: &run::Running) -> Result<Option<String>> {
+    tokio::select! {
+        signalled = wait_for_shutdown(None) => signalled.map(|()| None),
+        reason = control.raft_stopped() => Ok(Some(reason)),
+    }
 }

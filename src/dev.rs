@@ -23,7 +23,8 @@ use portico_proto::{Format, parse_document};
 
 use crate::admin_client::DEV_TOKEN_FILE;
 use crate::cli::DevArgs;
-use crate::edge::{Running, control_runtime, wait_for_shutdown};
+use crate::control::wait_for_shutdown_or_raft_stop;
+use crate::edge::{Running, control_runtime};
 
 const DEMO: &str = include_str!("../docs/examples/demo.yaml");
 
@@ -87,13 +88,7 @@ pub fn run(args: DevArgs) -> Result<()> {
             token_path.display(),
             settings.ops_listen,
         );
-        let raft_stopped = tokio::select! {
-            signalled = wait_for_shutdown(None) => {
-                signalled?;
-                None
-            }
-            reason = control.raft_stopped() => Some(reason),
-        };
+        let raft_stopped = wait_for_shutdown_or_raft_stop(&control).await?;
         running.shutdown().await;
         control.shutdown().await;
         match raft_stopped {

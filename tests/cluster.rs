@@ -1073,10 +1073,11 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-/// The leader's disk fills up under a write it has already acknowledged to itself (a leader
-/// counts its own entries before they are durable): it must not go on as a leader that can
-/// apply nothing. Its process exits with the reason, the others elect a leader and take
-/// writes, and once there is room again the node restarts and catches up.
+/// The leader's disk fills up under a write (a leader counts its own entries before they are
+/// durable, so it must not go on as a leader that can apply nothing). Its process exits with
+/// the reason, the others elect a leader and take writes, and once there is room again the node
+/// restarts and catches up. Which refusal stops openraft here (the next write's, or the apply
+/// waiting for the lost entry) depends on timing; `transport::raft_tests` pins down the apply.
 #[test]
 fn a_leader_whose_disk_fills_exits_and_the_others_go_on() {
     if !is_root() {

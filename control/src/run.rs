@@ -201,13 +201,12 @@ impl Running {
     /// supervisor restarts it (the log is replayed from disk) and edges move to another node.
     pub async fn raft_stopped(&self) -> String {
         let mut metrics = self.node.raft.metrics();
-        match metrics.wait_for(|m| m.running_state.is_err()).await {
-            Ok(m) => match &m.running_state {
-                Err(e) => e.to_string(),
-                Ok(()) => "Raft stopped".to_string(),
-            },
-            Err(_) => "Raft stopped".to_string(),
-        }
+        let stopped = metrics.wait_for(|m| m.running_state.is_err()).await;
+        // The metrics channel closes only when Raft has stopped too, reason unknown.
+        stopped
+            .ok()
+            .and_then(|m| m.running_state.as_ref().err().map(ToString::to_string))
+            .unwrap_or_else(|| "Raft stopped".to_string())
     }
 
     pub async fn shutdown(self) {

@@ -120,6 +120,16 @@ impl LogDurability {
 /// The first failed log write's error, once there is one: nothing is written after it.
 type Failure = Option<String>;
 
+/// Refuses a write once an earlier one failed.
+fn refuse_after_failure(failed: &watch::Sender<Failure>) -> Result<(), AnyError> {
+    match &*failed.borrow() {
+        Some(reason) => Err(AnyError::error(format!(
+            "an earlier log write failed ({reason}); this node stops writing"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Work for the writer thread, done in the order sent.
 enum Job {
     Append {
@@ -190,11 +200,7 @@ impl WriterHandle {
     }
 
     fn send(&self, job: Job) -> Result<(), AnyError> {
-        if let Some(reason) = &*self.failed.borrow() {
-            return Err(AnyError::error(format!(
-                "an earlier log write failed ({reason}); this node stops writing"
-            )));
-        }
+        refuse_after_failure(&self.failed)?;
         self.tx
             .as_ref()
             .ok_or_else(|| AnyError::error("the log writer stopped"))?
@@ -262,18 +268,20 @@ fn run_writer(
     }
     let flush = |group: &mut Group| {
         let group = std::mem::take(group);
-        let result = if let Some(reason) = &*failed.borrow() {
-            Err(AnyError::error(format!(
-                "an earlier log write failed ({reason})"
-            )))
-        } else {
-            wal.append_with(group.committed, &group.entries)
-        };
+        let result = refuse_after_failure(failed)
+            .and_then(|()| wal.append_with(group.committed, &group.entries));
         backlog.remove(group.bytes);
         if let Err(e) = &result {
-            // Entries may have been acknowledged before this write: nothing may go on.
-            failed.send_replace(Some(e.to_string()));
-            tracing::error!(error = %e, "writing the Raft log failed; this node stops writing");
+            // Entries may have been acknowledged before this write: nothing may go on. Later
+            // refusals only repeat the first failure, which stays the one reported.
+            failed.send_if_modified(|first| {
+                if first.is_some() {
+                    return false;
+                }
+                tracing::error!(error = %e, "writing the Raft log failed; this node stops writing");
+                *first = Some(e.to_string());
+                true
+            });
         }
         for callback in group.callbacks {
             callback.log_io_completed(
@@ -301,13 +309,7 @@ fn run_writer(
                 Job::Committed(c) => group.committed = Some(c),
                 Job::Run(f, reply) => {
                     flush(&mut group);
-                    let result = if let Some(reason) = &*failed.borrow() {
-                        Err(AnyError::error(format!(
-                            "an earlier log write failed ({reason})"
-                        )))
-                    } else {
-                        f()
-                    };
+                    let result = refuse_after_failure(failed).and_then(|()| f());
                     let _ = reply.send(result);
                 }
             }

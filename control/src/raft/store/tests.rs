@@ -820,12 +820,16 @@ async fn still_running<T>(task: &tokio::task::JoinHandle<T>) -> bool {
     !task.is_finished()
 }
 
-/// Opens the store as node 1, the established leader of term 2: its own normal entries are
-/// then acknowledged before they are durable.
+/// Opens the store as node 1, the established leader of term 2 (its own normal entries are
+/// then acknowledged before they are durable), with `sample_log()[..3]` written: a batch with
+/// membership entries, so acknowledged only once durable.
 async fn open_as_leader(dir: &Path) -> (LogStore, StateMachineStore, DurableLog) {
     let (mut log, sm) = open(dir).await.unwrap();
     let durable = log.acknowledge_early(1);
     log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+    log.blocking_append(sample_log()[..3].to_vec())
+        .await
+        .unwrap();
     (log, sm, durable)
 }
 
@@ -835,7 +839,6 @@ async fn a_leaders_entries_are_acknowledged_before_they_are_durable_but_not_appl
     let entries = sample_log();
     let (mut log, mut sm, durable) = open_as_leader(dir.path()).await;
     let within = std::time::Duration::from_secs(10);
-    log.blocking_append(entries[..3].to_vec()).await.unwrap();
     assert_eq!(durable.last().map(|d| d.index), Some(2));
 
     // With the writer held, the leader's own normal entries are acknowledged and readable at
@@ -914,7 +917,6 @@ async fn a_failed_write_fails_the_apply_that_waited_for_entries_acknowledged_ear
     let entries = sample_log();
     let (mut log, mut sm, _durable) = open_as_leader(dir.path()).await;
     let within = std::time::Duration::from_secs(10);
-    log.blocking_append(entries[..3].to_vec()).await.unwrap();
 
     let release = log.hold_writer();
     log.fail_writes();

@@ -530,6 +530,13 @@ impl Wal {
         Ok(out)
     }
 
+    /// Makes every write from now on fail, as a failing disk would.
+    #[cfg(test)]
+    pub(super) fn fail_writes(&self) {
+        self.fail_writes
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// Writes `buf` at the end of the active segment (a new one if it does not fit), and
     /// `fdatasync`s it if `durable`. Returns the segment and the offset written at.
     fn write(&self, buf: &[u8], durable: bool) -> Result<(u64, u64), AnyError> {
@@ -580,15 +587,6 @@ impl Wal {
                 .ctx(format!("syncing log segment {}", w.seq))?;
         }
         Ok((w.seq, at))
-    }
-}
-
-impl Wal {
-    /// Makes every write from now on fail, as a failing disk would.
-    #[cfg(test)]
-    pub(super) fn fail_writes(&self) {
-        self.fail_writes
-            .store(true, std::sync::atomic::Ordering::Release);
     }
 }
 
